@@ -1,0 +1,211 @@
+"""Prometheus metrics for nodeagent, and the small HTTP server that exposes them.
+
+Every metric lives on the module-level ``REGISTRY`` (not the global default registry, so
+tests and embedding stay clean). Labels are bounded: no per-image or per-node label; an
+image's own status goes to the Node/HotImageSet status, not to metrics.
+
+``serve(port, health)`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on one port
+from a daemon thread; the agent and ``nodeagent prewarm --metrics-port`` both use it.
+
+Other concerns append their own metrics below, each in a delimited block.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from nodeagent import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+BUILD_INFO = Info("nodeagent_build", "nodeagent version", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
+
+# ------------------------------------------------------------------ prewarm (engine)
+IMAGE_STATES = ("pending", "pulling", "backoff", "present", "failed", "skipped")
+# Why a pull attempt failed or was not made. Anything else is counted as "other".
+FAILURE_REASONS = (
+    "auth",  # registry refused the credentials (or none were found)
+    "not_found",  # image or tag does not exist
+    "registry_unreachable",  # connection refused / DNS / TLS
+    "no_space",  # containerd ran out of disk
+    "stalled",  # no byte progress for --stall-timeout: cancelled and retried
+    "containerd_unavailable",  # containerd down or restarting
+    "disk_guard",  # skipped: would pass the image filesystem high-water mark
+    "cancelled",
+    "other",
+)
+
+PREWARM_IMAGES = Gauge(
+    "nodeagent_prewarm_images", "Hot images for this node by state", ["state"],
+    registry=REGISTRY,
+)
+PREWARM_PINNED_IMAGES = Gauge(
+    "nodeagent_prewarm_pinned_images", "Images pinned by nodeagent against kubelet GC",
+    registry=REGISTRY,
+)
+PREWARM_PULLED_BYTES = Counter(
+    "nodeagent_prewarm_pulled_bytes",
+    "Compressed layer bytes downloaded by prewarm pulls (each shared layer once)",
+    registry=REGISTRY,
+)
+PREWARM_PULL_DURATION = Histogram(
+    "nodeagent_prewarm_pull_duration_seconds",
+    "Wall time of successful prewarm pulls, retries included",
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf")),
+    registry=REGISTRY,
+)
+PREWARM_PULL_FAILURES = Counter(
+    "nodeagent_prewarm_pull_failures",
+    "Failed or skipped prewarm pull attempts by reason", ["reason"], registry=REGISTRY,
+)
+PREWARM_RETRIES = Counter(
+    "nodeagent_prewarm_pull_retries", "Pull attempts retried after a failure",
+    registry=REGISTRY,
+)
+PREWARM_RECONCILES = Counter(
+    "nodeagent_prewarm_reconciles", "Completed reconcile passes", registry=REGISTRY,
+)
+PREWARM_LAST_RECONCILE = Gauge(
+    "nodeagent_prewarm_last_reconcile_timestamp_seconds",
+    "Unix time of the last completed reconcile pass", registry=REGISTRY,
+)
+IMAGE_FS_USED = Gauge(
+    "nodeagent_image_fs_used_bytes",
+    "Used bytes of the image filesystem (statvfs, as kubelet counts)", registry=REGISTRY,
+)
+IMAGE_FS_CAPACITY = Gauge(
+    "nodeagent_image_fs_capacity_bytes", "Size of the image filesystem", registry=REGISTRY,
+)
+IMAGE_FS_CONTAINERD_USED = Gauge(
+    "nodeagent_image_fs_containerd_used_bytes",
+    "Bytes containerd's snapshots use on the image filesystem (CRI ImageFsInfo)",
+    registry=REGISTRY,
+)
+for _state in IMAGE_STATES:
+    PREWARM_IMAGES.labels(state=_state)
+for _reason in FAILURE_REASONS:
+    PREWARM_PULL_FAILURES.labels(reason=_reason)
+
+
+def failure_reason(reason: str | None) -> str:
+    """Map any reason string onto the bounded label set."""
+    return reason if reason in FAILURE_REASONS else "other"
+
+
+def set_image_states(states: Iterable[str]) -> None:
+    """Set the by-state gauge from the current states of all hot images."""
+    counts = dict.fromkeys(IMAGE_STATES, 0)
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    for state, count in counts.items():
+        PREWARM_IMAGES.labels(state=state).set(count)
+# ------------------------------------------------------------------ end prewarm
+
+
+class HealthState:
+    """Liveness and readiness, shared between the worker code and the HTTP thread.
+
+    Live unless ``set_live(False, why)`` was called or, with ``heartbeat_timeout_s``,
+    no ``beat()`` came for that long (a wedged event loop). Ready once
+    ``set_ready(True)``.
+    """
+
+    def __init__(self, heartbeat_timeout_s: float | None = None):
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._lock = threading.Lock()
+        self._live, self._live_reason = True, "ok"
+        self._ready, self._ready_reason = False, "starting"
+        self._last_beat = time.monotonic()
+
+    def beat(self) -> None:
+        with self._lock:
+            self._last_beat = time.monotonic()
+
+    def set_live(self, live: bool, reason: str = "ok") -> None:
+        with self._lock:
+            self._live, self._live_reason = live, reason
+
+    def set_ready(self, ready: bool, reason: str = "ok") -> None:
+        with self._lock:
+            self._ready, self._ready_reason = ready, reason
+
+    def live(self) -> tuple[bool, str]:
+        with self._lock:
+            if not self._live:
+                return False, self._live_reason
+            age = time.monotonic() - self._last_beat
+            if self.heartbeat_timeout_s is not None and age > self.heartbeat_timeout_s:
+                return False, f"no heartbeat for {age:.0f}s"
+            return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        with self._lock:
+            return self._ready, self._ready_reason
+
+
+class MetricsServer:
+    """A running /metrics, /healthz, /readyz server; ``port`` is the bound port."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread):
+        self._httpd = httpd
+        self._thread = thread
+        self.port: int = httpd.server_address[1]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve metrics and health on ``host:port`` (port 0 picks a free one) in a thread.
+
+    Without ``health`` both probes answer 200 while the process runs.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/livez"):
+                self._probe(health.live() if health else (True, "ok"))
+            elif path == "/readyz":
+                self._probe(health.ready() if health else (True, "ok"))
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _probe(self, result: tuple[bool, str]) -> None:
+            ok, reason = result
+            self._send(200 if ok else 503, f"{reason}\n".encode())
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # scrapes every few seconds would flood the log
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread)

@@ -1,0 +1,121 @@
+"""Disk-space guard: never let a prewarm pull push the image filesystem into kubelet GC.
+
+kubelet deletes unpinned images once the image filesystem passes
+imageGCHighThresholdPercent (85% by default) and evicts pods past the eviction
+thresholds. Before each pull the engine asks ``check`` whether the filesystem's current
+usage, plus what in-flight pulls still need, plus this image's estimate stays under a
+high-water mark (default 80%). ``check`` is pure; ``read_fs_status`` is the effect
+(CRI ImageFsInfo names the filesystem, statvfs measures it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nodeagent.console import fmt_bytes
+from nodeagent.errors import NodeagentError
+
+if TYPE_CHECKING:
+    from nodeagent.containerd.client import FsUsage
+
+DEFAULT_HIGH_WATER_PERCENT = 80.0
+# Unpacked layers take about this many times their compressed size (gzip on typical image
+# content); containerd keeps the compressed blobs too, so an image needs
+# compressed * (1 + ratio) bytes.
+DEFAULT_UNPACKED_RATIO = 2.0
+
+
+class DiskGuardError(NodeagentError):
+    """The image filesystem cannot be measured (so the guard cannot decide)."""
+
+
+@dataclass(frozen=True)
+class FsStatus:
+    """The image filesystem as kubelet sees it (statvfs of containerd's image fs)."""
+
+    mountpoint: str
+    capacity_bytes: int
+    available_bytes: int  # for unprivileged users (f_bavail), as kubelet counts
+    containerd_used_bytes: int = 0  # CRI ImageFsInfo: what containerd's snapshots use
+
+    @property
+    def used_bytes(self) -> int:
+        return self.capacity_bytes - self.available_bytes
+
+    @property
+    def used_percent(self) -> float:
+        return 100.0 * self.used_bytes / self.capacity_bytes if self.capacity_bytes else 100.0
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    allowed: bool
+    needed_bytes: int
+    projected_percent: float
+    message: str
+
+
+def estimate_needed(missing_compressed_bytes: int, unpacked_ratio: float) -> int:
+    """Bytes an image will add: its missing compressed blobs plus their unpacked layers."""
+    return int(missing_compressed_bytes * (1.0 + unpacked_ratio))
+
+
+def check(
+    image: str,
+    needed_bytes: int,
+    fs: FsStatus,
+    high_water_percent: float,
+    reserved_bytes: int = 0,
+) -> GuardDecision:
+    """Allow the pull only if usage + reserved (in-flight pulls) + needed <= high-water.
+
+    A high-water mark of 100 or more disables the guard.
+    """
+    projected = fs.used_bytes + reserved_bytes + needed_bytes
+    percent = 100.0 * projected / fs.capacity_bytes if fs.capacity_bytes else 100.0
+    if high_water_percent >= 100 or percent <= high_water_percent:
+        return GuardDecision(True, needed_bytes, percent, "")
+    inflight = f" + {fmt_bytes(reserved_bytes)} reserved by pulls in flight" if (
+        reserved_bytes) else ""
+    message = (
+        f"not pulling {image}: it needs about {fmt_bytes(needed_bytes)} on the image "
+        f"filesystem {fs.mountpoint}, which is {fs.used_percent:.1f}% used "
+        f"({fmt_bytes(fs.used_bytes)} of {fmt_bytes(fs.capacity_bytes)}){inflight}; "
+        f"that would reach {percent:.1f}%, above the high-water mark of "
+        f"{high_water_percent:g}% (kubelet starts deleting images at 85% by default). "
+        "Free space, enlarge the filesystem or raise --high-water"
+    )
+    return GuardDecision(False, needed_bytes, percent, message)
+
+
+def read_fs_status(
+    usages: Sequence[FsUsage],
+    host_root: str = "",
+    statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+) -> FsStatus:
+    """Measure the image filesystem CRI reports (its first entry: the snapshotter's).
+
+    ``host_root`` prefixes the path when the agent sees the host under a mount (/host).
+    """
+    if not usages:
+        raise DiskGuardError("containerd reported no image filesystem (CRI ImageFsInfo)")
+    usage = usages[0]
+    path = os.path.join(host_root, usage.mountpoint.lstrip("/")) if host_root else (
+        usage.mountpoint)
+    try:
+        st = statvfs(path)
+    except OSError as exc:
+        raise DiskGuardError(
+            f"cannot measure the image filesystem {path} ({exc.strerror or exc}): mount it "
+            "into the agent (or set the host root), or pass --high-water 100 to disable "
+            "the disk-space guard"
+        ) from exc
+    return FsStatus(
+        mountpoint=usage.mountpoint,
+        capacity_bytes=st.f_blocks * st.f_frsize,
+        available_bytes=st.f_bavail * st.f_frsize,
+        containerd_used_bytes=usage.used_bytes,
+    )
