@@ -116,6 +116,57 @@ def set_image_states(states: Iterable[str]) -> None:
         PREWARM_IMAGES.labels(state=state).set(count)
 # ------------------------------------------------------------------ end prewarm
 
+# ------------------------------------------------------------------ kube (agent DaemonSet)
+KUBE_API_ERRORS = Counter(
+    "nodeagent_kube_api_errors",
+    "Failed Kubernetes API calls (list/watch retried with backoff) by resource",
+    ["resource"], registry=REGISTRY,
+)
+KUBE_WATCH_RELISTS = Counter(
+    "nodeagent_kube_watch_relists",
+    "Watches that expired (410 Gone) and re-listed, by resource", ["resource"],
+    registry=REGISTRY,
+)
+AGENT_HOTIMAGESETS = Gauge(
+    "nodeagent_agent_hotimagesets",
+    "HotImageSets seen by the agent: selected for this node, not selected, invalid",
+    ["state"], registry=REGISTRY,
+)
+AGENT_CONDITION_TRUE = Gauge(
+    "nodeagent_agent_images_prewarmed",
+    "1 when the node condition ImagesPrewarmed is True, else 0", registry=REGISTRY,
+)
+AGENT_STATUS_PATCHES = Counter(
+    "nodeagent_agent_node_status_patches",
+    "Patches of the node's ImagesPrewarmed condition by outcome", ["outcome"],
+    registry=REGISTRY,
+)
+AGENT_EVENTS = Counter(
+    "nodeagent_agent_events",
+    "Kubernetes Events for the node: sent, deduplicated, rate_limited, failed", ["outcome"],
+    registry=REGISTRY,
+)
+AGENT_STARTUP_TAINT_REMOVED = Counter(
+    "nodeagent_agent_startup_taint_removals",
+    "Startup taint removals by why: ready or timeout", ["why"], registry=REGISTRY,
+)
+ROLLOUT_LEASE_WAIT = Histogram(
+    "nodeagent_rollout_lease_wait_seconds",
+    "Time waiting for a cluster-wide pull slot (rollout limit) before pulling",
+    buckets=(0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1800, float("inf")), registry=REGISTRY,
+)
+ROLLOUT_LEASES_HELD = Gauge(
+    "nodeagent_rollout_leases_held", "Pull slots (Leases) this node holds now",
+    registry=REGISTRY,
+)
+for _outcome in ("sent", "deduplicated", "rate_limited", "failed"):
+    AGENT_EVENTS.labels(outcome=_outcome)
+for _outcome in ("patched", "failed"):
+    AGENT_STATUS_PATCHES.labels(outcome=_outcome)
+for _state in ("selected", "not_selected", "invalid"):
+    AGENT_HOTIMAGESETS.labels(state=_state)
+# ------------------------------------------------------------------ end kube
+
 
 class HealthState:
     """Liveness and readiness, shared between the worker code and the HTTP thread.
