@@ -1,0 +1,45 @@
+"""Prewarm engine settings (standard library only, so the CLI can show defaults cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodeagent.errors import UsageError
+from nodeagent.prewarm.diskguard import DEFAULT_HIGH_WATER_PERCENT, DEFAULT_UNPACKED_RATIO
+
+# Chosen with bench/prewarm_bench.py on a 2-core machine: see README "Prewarm benchmark".
+DEFAULT_CONCURRENCY = 3
+DEFAULT_STALL_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 5
+
+
+@dataclass
+class EngineConfig:
+    """Tuning knobs; the CLI flags and the agent's config map onto these."""
+
+    concurrency: int = DEFAULT_CONCURRENCY  # images pulled at once
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # no new byte this long: cancel, retry
+    max_retries: int = DEFAULT_MAX_RETRIES  # retries after the first attempt
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
+    high_water_percent: float = DEFAULT_HIGH_WATER_PERCENT  # >= 100 disables
+    unpacked_ratio: float = DEFAULT_UNPACKED_RATIO
+    unpin_removed: bool = True  # unpin images (we pinned) that left the hot list
+    remove_unlisted: bool = False  # also remove images we pulled/pinned that left it
+    poll_interval_s: float = 1.0  # progress polling (content ListStatuses)
+    resync_interval_s: float = 300.0  # watch mode: full reconcile at least this often
+    hosts_dir: Path | None = None  # containerd hosts.toml dir, for manifest resolution
+    host_root: str = ""  # where the host's / is mounted (agent in a container: /host)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.stall_timeout_s <= 0:
+            raise UsageError(f"stall timeout must be positive, got {self.stall_timeout_s}")
+        if self.max_retries < 0:
+            raise UsageError(f"max retries must be 0 or more, got {self.max_retries}")
+        if not 0 < self.high_water_percent <= 100:
+            raise UsageError(
+                f"high-water mark must be a percentage in (0, 100], got {self.high_water_percent}"
+            )
