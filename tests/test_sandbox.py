@@ -220,3 +220,25 @@ def test_missing_binary_error_names_package(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxError, match="'docker-registry'"):
         LocalRegistry(tmp_path).start()
+
+
+async def test_cri_pull_uses_private_hosts_dir_and_auth(containerd: PrivateContainerd,
+                                                        registry: LocalRegistry,
+                                                        auth_registry: LocalRegistry,
+                                                        auth_credentials, sample_images,
+                                                        auth_sample_images) -> None:
+    """The CRI plugin (what kubelet and nodeagent use) reads our config_path and auth."""
+    from nodeagent.containerd.client import AuthConfig, ContainerdClient, ImagePullError
+
+    containerd.map_registry("mirror.example.internal", f"http://{registry.host}")
+    private = auth_sample_images["trainer"]
+    async with ContainerdClient(containerd.address) as client:
+        await client.pull_image("mirror.example.internal/nodeagent-demo/python:3.11")
+        with pytest.raises(ImagePullError) as denied:
+            await client.pull_image(private.ref, AuthConfig(username="tester",
+                                                            password="wrong-password"))
+        assert denied.value.reason == "auth"
+        good = AuthConfig(username=auth_credentials.username, password=auth_credentials.password)
+        await client.pull_image(private.ref, good)
+        tags = {t for image in await client.list_images() for t in image.repo_tags}
+    assert {"mirror.example.internal/nodeagent-demo/python:3.11", private.ref} <= tags

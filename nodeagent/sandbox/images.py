@@ -16,10 +16,10 @@ import concurrent.futures
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import random
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -286,7 +286,7 @@ def build_layer(spec: LayerSpec, cache_dir: Path) -> Layer:
         if blob.stat().st_size == info["size"]:
             return Layer(info["digest"], info["size"], info["diff_id"], blob,
                          info["uncompressed_size"], spec)
-    tmp = blob.with_suffix(f".tmp{os.getpid()}")
+    tmp = blob.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "wb") as out:
         sink = _write_layer(spec, out)
     info = {
@@ -295,29 +295,28 @@ def build_layer(spec: LayerSpec, cache_dir: Path) -> Layer:
         "key": spec.key,
     }
     os.replace(tmp, blob)
-    meta_tmp = meta.with_suffix(f".tmp{os.getpid()}")
+    meta_tmp = meta.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     meta_tmp.write_text(json.dumps(info))
     os.replace(meta_tmp, meta)
     return Layer(info["digest"], info["size"], info["diff_id"], blob, sink.raw_bytes, spec)
 
 
-def _build_in_worker(spec: LayerSpec, cache_dir: str) -> Layer:
-    return build_layer(spec, Path(cache_dir))
-
-
 def ensure_layers(
     specs: Sequence[LayerSpec], cache_dir: Path | None = None, workers: int | None = None
 ) -> dict[LayerSpec, Layer]:
-    """Build all distinct specs (in parallel when worth it); returns spec -> Layer."""
+    """Build all distinct specs (in parallel when worth it); returns spec -> Layer.
+
+    Threads, not processes: zlib and sha256 release the GIL on large buffers, so threads
+    use all cores, and no process pool means no fork/spawn pitfalls for callers.
+    """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     unique = list(dict.fromkeys(specs))
     workers = workers or os.cpu_count() or 1
     big_first = sorted(unique, key=lambda s: -s.size)  # longest jobs first balance cores
     if workers < 2 or len(unique) < 2 or sum(s.size for s in unique) < _PARALLEL_MIN_BYTES:
         return {s: build_layer(s, cache) for s in big_first}
-    ctx = multiprocessing.get_context("spawn")  # no fork: callers may hold grpc threads
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(unique)), mp_context=ctx) as ex:
-        futures = {s: ex.submit(_build_in_worker, s, str(cache)) for s in big_first}
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(unique))) as ex:
+        futures = {s: ex.submit(build_layer, s, cache) for s in big_first}
         return {s: f.result() for s, f in futures.items()}
 
 

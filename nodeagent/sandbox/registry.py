@@ -67,6 +67,10 @@ class LocalRegistry:
         return f"http://{self.host}"
 
     @property
+    def pid(self) -> int | None:
+        return self._daemon.pid if self._daemon else None
+
+    @property
     def running(self) -> bool:
         return self._daemon is not None and self._daemon.running
 
