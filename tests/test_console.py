@@ -1,0 +1,58 @@
+"""Console rendering: pure line formatting and the ANSI redraw of a live block."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from nodeagent import console
+from nodeagent.prewarm.diskguard import FsStatus
+from nodeagent.prewarm.state import ImageState
+
+MiB = 1 << 20
+
+
+def test_formatting_helpers():
+    assert console.fmt_bytes(512) == "512 B"
+    assert console.fmt_bytes(1.5 * 2**30) == "1.5 GiB"
+    assert console.fmt_duration(65) == "1m05s" and console.fmt_duration(None) == "--"
+    assert console.bar(0.5, 10) == "[#####.....]"
+    assert console.bar(None, 5) == "[  ?  ]"
+
+
+def test_render_shows_bar_bytes_rate_eta_and_overall_line():
+    states = [
+        ImageState("reg/a:1", "pulling", bytes_done=50 * MiB, bytes_total=100 * MiB,
+                   rate_bps=10 * MiB, eta_s=5, phase="downloading", attempts=1),
+        ImageState("reg/b:1", "present", pinned=True, started_at=0, finished_at=12),
+        ImageState("reg/c:1", "failed", message="auth: refused"),
+    ]
+    fs = FsStatus("/x", 1000 * MiB, 400 * MiB)
+    lines = console.render(states, fs, width=200)
+    assert len(lines) == 4
+    assert "reg/a:1" in lines[0] and "#" in lines[0] and "50.0 MiB/100.0 MiB" in lines[0]
+    assert "10.0 MiB/s" in lines[0] and "ETA 5s" in lines[0]
+    assert "present, pinned in 12s" in lines[1]
+    assert "failed: auth: refused" in lines[2]
+    assert lines[3].startswith("1/3 present, 1 pulling, 1 failed") and "60%" in lines[3]
+    assert all(len(line) < 40 for line in console.render(states, fs, width=40))
+
+
+def test_live_display_redraws_in_place_and_keeps_log_lines_above():
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        display = console.LiveDisplay(out)
+        display.hook_logging()
+        display.show(["line 1", "line 2"])
+        display.show(["line 1b", "line 2b"])
+        logging.getLogger("t").warning("a log record")
+        display.close()
+    finally:
+        root.removeHandler(handler)
+    text = out.getvalue()
+    assert "\x1b[2F" in text  # moved up over the two drawn lines to redraw them
+    assert text.index("a log record") > text.index("line 2b")
+    assert text.rstrip().endswith("line 2b")  # block redrawn after the record
