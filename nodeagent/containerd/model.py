@@ -65,7 +65,11 @@ class ImageRecord:
 
 @dataclass
 class IngestStatus:
-    """An active download in containerd's content store (ref like ``layer-sha256:…``)."""
+    """An active download in containerd's content store.
+
+    ``ref`` is like ``layer-sha256:<hex>``; ``expected`` (the digest) is empty on
+    containerd 1.6, so take the digest from the ref.
+    """
 
     ref: str
     offset: int
