@@ -242,3 +242,51 @@ async def test_cri_pull_uses_private_hosts_dir_and_auth(containerd: PrivateConta
         await client.pull_image(private.ref, good)
         tags = {t for image in await client.list_images() for t in image.repo_tags}
     assert {"mirror.example.internal/nodeagent-demo/python:3.11", private.ref} <= tags
+
+
+def test_registry_port_taken_while_down_fails_naming_log_then_recovers(
+    fresh_registry: LocalRegistry,
+) -> None:
+    import socket
+
+    port = fresh_registry.port
+    fresh_registry.stop()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(SandboxError, match="address already in use") as taken:
+            fresh_registry.start()
+        assert str(fresh_registry.log_file) in str(taken.value)
+    fresh_registry.start()
+    assert fresh_registry.port == port
+
+
+def test_registry_first_start_picks_another_port_if_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from nodeagent.sandbox import registry as registry_module
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real = registry_module.free_port
+        monkeypatch.setattr(registry_module, "free_port", lambda: next(ports, None) or real())
+        with LocalRegistry(tmp_path / "reg") as reg:
+            assert reg.port != taken
+
+
+def test_docker_v2_manifest_and_shared_layers_pull(containerd: PrivateContainerd,
+                                                   image_pusher) -> None:
+    base = LayerSpec("t/docker-base", 96 * KiB)
+    first = image_pusher("t/docker-one", [48 * KiB], shared=[base], media="docker")
+    second = image_pusher("t/docker-two", [48 * KiB], shared=[base], media="docker")
+    assert first.image.media_type == DOCKER_MANIFEST
+    for pushed in (first, second):
+        containerd.ctr("images", "pull", "--plain-http", pushed.ref)
+    listing = containerd.ctr("images", "ls")
+    assert first.digest in listing and second.digest in listing

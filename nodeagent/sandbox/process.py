@@ -77,7 +77,7 @@ class Daemon:
         while time.monotonic() - start < timeout_s:
             if self.proc is not None and self.proc.poll() is not None:
                 raise SandboxError(self._failure(f"exited with code {self.proc.returncode}"))
-            if ready():
+            if ready() and self.proc is not None and self.proc.poll() is None:
                 return time.monotonic() - start
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)

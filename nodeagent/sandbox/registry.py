@@ -134,7 +134,7 @@ class LocalRegistry:
 
     def _answers(self) -> bool:
         """True once /v2/ gives any HTTP answer (401 counts: auth is on)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)
         try:
             conn.request("GET", "/v2/")
             return conn.getresponse().status in (200, 401)
