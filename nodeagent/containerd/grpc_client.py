@@ -134,6 +134,19 @@ def _decode_event(envelope: events_pb2.Envelope) -> ImageEvent | None:
     return ImageEvent(topic=envelope.topic, name=payload.name)
 
 
+class _Stubs:
+    """The service stubs of one channel (built once, reused for every call)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.cri = cri_pb2_grpc.ImageServiceStub(channel)
+        self.images = images_pb2_grpc.ImagesStub(channel)
+        self.content = content_pb2_grpc.ContentStub(channel)
+        self.events = events_pb2_grpc.EventsStub(channel)
+        self.version = version_pb2_grpc.VersionStub(channel)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(channel)
+
+
 class ContainerdClient:
     """Async client for one containerd socket and namespace; see module docstring."""
 
@@ -145,19 +158,20 @@ class ContainerdClient:
         self.namespace = namespace
         self.timeout = timeout
         self._metadata = (("containerd-namespace", namespace),)
-        self._channel: grpc.aio.Channel | None = None
+        self._stubs: _Stubs | None = None
 
     def __repr__(self) -> str:
         return f"ContainerdClient(address={self.address!r}, namespace={self.namespace!r})"
 
     # -- connection ------------------------------------------------------------------
 
-    def _open(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
+    def _rpc(self) -> _Stubs:
+        """The client's one channel, opened on first use (and again after close())."""
+        if self._stubs is None:
+            self._stubs = _Stubs(grpc.aio.insecure_channel(
                 "unix://" + self.address, options=_CHANNEL_OPTIONS
-            )
-        return self._channel
+            ))
+        return self._stubs
 
     async def connect(self) -> VersionInfo:
         """Check the socket, that the daemon answers, and that it serves CRI runtime.v1."""
@@ -179,9 +193,9 @@ class ContainerdClient:
         return info
 
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
-            await channel.close()
+        if self._stubs is not None:
+            stubs, self._stubs = self._stubs, None
+            await stubs.channel.close()
 
     async def __aenter__(self) -> ContainerdClient:
         await self.connect()
@@ -224,18 +238,6 @@ class ContainerdClient:
                 return None
             raise self._error(exc, what) from None
 
-    def _cri(self) -> cri_pb2_grpc.ImageServiceStub:
-        return cri_pb2_grpc.ImageServiceStub(self._open())
-
-    def _images(self) -> images_pb2_grpc.ImagesStub:
-        return images_pb2_grpc.ImagesStub(self._open())
-
-    def _content(self) -> content_pb2_grpc.ContentStub:
-        return content_pb2_grpc.ContentStub(self._open())
-
-    def _snapshots(self) -> snapshots_pb2_grpc.SnapshotsStub:
-        return snapshots_pb2_grpc.SnapshotsStub(self._open())
-
     # -- CRI runtime.v1.ImageService -------------------------------------------------
 
     async def pull_image(self, ref: str, auth: AuthConfig | None = None) -> str:
@@ -246,7 +248,7 @@ class ContainerdClient:
         try:
             # No deadline: a 20 GB image may take an hour. Cancelling the awaiting task
             # cancels the RPC, and containerd stops the download.
-            response = await self._cri().PullImage(request, metadata=self._metadata)
+            response = await self._rpc().cri.PullImage(request, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._pull_error(exc, ref, auth) from None
         return str(response.image_ref)
@@ -263,23 +265,23 @@ class ContainerdClient:
 
     async def image_status(self, ref: str) -> CriImage | None:
         request = cri_pb2.ImageStatusRequest(image=cri_pb2.ImageSpec(image=ref))
-        response = await self._call(f"image status of {ref}", self._cri().ImageStatus, request)
+        response = await self._call(f"image status of {ref}", self._rpc().cri.ImageStatus, request)
         return _cri_image(response.image) if response.HasField("image") else None
 
     async def list_images(self) -> list[CriImage]:
         response = await self._call(
-            "CRI image list", self._cri().ListImages, cri_pb2.ListImagesRequest()
+            "CRI image list", self._rpc().cri.ListImages, cri_pb2.ListImagesRequest()
         )
         return [_cri_image(m) for m in response.images]
 
     async def remove_image(self, ref: str) -> None:
         """Remove ref and all its tags (CRI semantics); absent images are not an error."""
         request = cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=ref))
-        await self._call(f"removal of image {ref}", self._cri().RemoveImage, request)
+        await self._call(f"removal of image {ref}", self._rpc().cri.RemoveImage, request)
 
     async def image_fs_info(self) -> list[FsUsage]:
         response = await self._call(
-            "CRI image filesystem info", self._cri().ImageFsInfo, cri_pb2.ImageFsInfoRequest()
+            "CRI image filesystem info", self._rpc().cri.ImageFsInfo, cri_pb2.ImageFsInfoRequest()
         )
         return [_fs_usage(m) for m in response.image_filesystems]
 
@@ -289,13 +291,13 @@ class ContainerdClient:
         """Image records in the namespace; filters are OR'ed (containerd filter syntax)."""
         request = images_pb2.ListImagesRequest(filters=list(filters))
         response = await self._call(
-            f"image record list in namespace {self.namespace}", self._images().List, request
+            f"image record list in namespace {self.namespace}", self._rpc().images.List, request
         )
         return [_image_record(m) for m in response.images]
 
     async def get_image_record(self, name: str) -> ImageRecord | None:
         response = await self._call(
-            f"lookup of image record {name}", self._images().Get,
+            f"lookup of image record {name}", self._rpc().images.Get,
             images_pb2.GetImageRequest(name=name), none_if_not_found=True,
         )
         return _image_record(response.image) if response is not None else None
@@ -309,7 +311,7 @@ class ContainerdClient:
             update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
         )
         response = await self._call(
-            f"label update of image record {name}", self._images().Update, request,
+            f"label update of image record {name}", self._rpc().images.Update, request,
             none_if_not_found=True,
         )
         if response is None:
@@ -321,19 +323,19 @@ class ContainerdClient:
     async def list_ingests(self, filters: Sequence[str] = ()) -> list[IngestStatus]:
         """Active downloads (content ingests); poll this for byte progress of a pull."""
         request = content_pb2.ListStatusesRequest(filters=list(filters))
-        response = await self._call("ingest status list", self._content().ListStatuses, request)
+        response = await self._call("ingest status list", self._rpc().content.ListStatuses, request)
         return [_ingest(s) for s in response.statuses]
 
     async def content_exists(self, digest: str) -> bool:
         response = await self._call(
-            f"content info of {digest}", self._content().Info,
+            f"content info of {digest}", self._rpc().content.Info,
             content_pb2.InfoRequest(digest=digest), none_if_not_found=True,
         )
         return response is not None
 
     async def read_content(self, digest: str) -> bytes:
         """The whole blob `digest` (meant for manifests and configs, not layers)."""
-        stream = self._content().Read(
+        stream = self._rpc().content.Read(
             content_pb2.ReadContentRequest(digest=digest), metadata=self._metadata,
             timeout=self.timeout,
         )
@@ -352,9 +354,7 @@ class ContainerdClient:
     async def subscribe_image_events(self) -> AsyncIterator[ImageEvent]:
         """Image create/update/delete events of this namespace until the caller stops."""
         request = events_pb2.SubscribeRequest(filters=image_event_filters(self.namespace))
-        stream = events_pb2_grpc.EventsStub(self._open()).Subscribe(
-            request, metadata=self._metadata
-        )
+        stream = self._rpc().events.Subscribe(request, metadata=self._metadata)
         try:
             async for envelope in stream:
                 event = _decode_event(envelope)
@@ -367,8 +367,7 @@ class ContainerdClient:
 
     async def version(self) -> VersionInfo:
         response = await self._call(
-            "version query", version_pb2_grpc.VersionStub(self._open()).Version,
-            empty_pb2.Empty(),
+            "version query", self._rpc().version.Version, empty_pb2.Empty()
         )
         return VersionInfo(version=response.version, revision=response.revision)
 
@@ -380,7 +379,7 @@ class ContainerdClient:
         Creates a throwaway read-only View, reads its mount, and always removes the view.
         """
         stat = await self._call(
-            f"stat of snapshot {chain_id}", self._snapshots().Stat,
+            f"stat of snapshot {chain_id}", self._rpc().snapshots.Stat,
             snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=chain_id),
             none_if_not_found=True,
         )
@@ -392,7 +391,7 @@ class ContainerdClient:
         key = f"nodeagent-view-{uuid.uuid4().hex}"
         try:
             view = await self._call(
-                f"view of snapshot {chain_id}", self._snapshots().View,
+                f"view of snapshot {chain_id}", self._rpc().snapshots.View,
                 snapshots_pb2.ViewSnapshotRequest(
                     snapshotter=snapshotter, key=key, parent=chain_id
                 ),
@@ -401,7 +400,7 @@ class ContainerdClient:
         finally:
             # Always, even if View failed or was cancelled after the daemon created it.
             await self._call(
-                f"removal of view {key}", self._snapshots().Remove,
+                f"removal of view {key}", self._rpc().snapshots.Remove,
                 snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
                 none_if_not_found=True,
             )
