@@ -73,6 +73,7 @@ RETRYABLE = frozenset({"registry_unreachable", "stalled", "containerd_unavailabl
 HISTORY = 5
 
 SecretKeyringFactory = Callable[[Sequence["SecretRef"]], Awaitable["Keyring | None"]]
+PullGate = Callable[[str], contextlib.AbstractAsyncContextManager[object]]
 
 
 @dataclass
@@ -122,16 +123,19 @@ class PrewarmEngine:
         reporter: ProgressReporter | None = None,
         secret_keyring: SecretKeyringFactory | None = None,
         statvfs: Callable[[str], object] | None = None,
+        pull_gate: PullGate | None = None,
     ):
         """``secret_keyring`` (agent): builds a keyring from an image's pull secrets; it
         is asked first, then ``keyring`` (docker config files, credential providers).
-        ``statvfs`` replaces os.statvfs (tests)."""
+        ``statvfs`` replaces os.statvfs (tests). ``pull_gate`` (agent): ``pull_gate(key)``
+        is an async context manager held around each CRI pull (cluster-wide rollout limit)."""
         self.client = client
         self.keyring = keyring
         self.config = config or EngineConfig()
         self.reporter = reporter
         self.secret_keyring = secret_keyring
         self._statvfs = statvfs
+        self.pull_gate = pull_gate
         self.monitor = IngestMonitor(client, self.config.poll_interval_s,
                                      on_bytes=metrics.PREWARM_PULLED_BYTES.inc)
         self._desired: list[DesiredImage] = []
@@ -370,7 +374,8 @@ class PrewarmEngine:
             self._change(state, SKIPPED, reason="disk_guard", message=skip)
             return "disk_guard"
         state.phase = DOWNLOADING
-        image_id = await self._pull_watched(image, auth, progress)
+        async with self.pull_gate(key) if self.pull_gate else contextlib.nullcontext():
+            image_id = await self._pull_watched(image, auth, progress)
         await self._after_pull(image, state, image_id)
         return None
 
