@@ -450,6 +450,7 @@ def test_eks_style_config(tmp_path):
                        "apiVersion": "credentialprovider.kubelet.k8s.io/v1"}]}))
     (provider,) = load_credential_provider_config(path)
     assert provider.default_cache_duration == 12 * 3600
+    assert "env" not in repr(provider)  # env values may be secrets
     assert provider.handles(parse_reference(f"{ECR}/x"))
     assert not provider.handles(parse_reference("public.ecr.aws/x/y"))
 

@@ -272,6 +272,12 @@ def test_missing_file(tmp_path):
         load_hotlist_file(tmp_path / "nope.yaml")
 
 
+def test_empty_directory_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HotListError, match=r"empty: directory has no \*\.yaml"):
+        load_hotlist_paths([tmp_path / "empty"])
+
+
 def test_parse_hotimageset_for_cluster_objects():
     obj = base_doc()
     obj["metadata"].update(uid="1", resourceVersion="5", generation=2,

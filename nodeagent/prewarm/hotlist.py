@@ -194,8 +194,12 @@ def _expand(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir()
-                                if p.suffix in (".yaml", ".yml", ".json") and p.is_file()))
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            if not found:  # an empty list would mean "no hot images": say so instead
+                problems.append(Problem(str(path), None, None, "",
+                                        "directory has no *.yaml, *.yml or *.json file"))
+            files.extend(found)
         elif path.exists():
             files.append(path)
         else:
