@@ -87,7 +87,7 @@ def test_valid_multi_document_file(tmp_path):
 def test_json_file_and_directory(tmp_path):
     doc = yaml.safe_load(VALID.split("---")[0])
     (tmp_path / "d").mkdir()
-    write(tmp_path / "d", json.dumps(doc), "a.json")
+    write(tmp_path / "d", json.dumps(doc, indent="\t"), "a.json")
     other = copy.deepcopy(doc)
     other["metadata"]["name"] = "other"
     write(tmp_path / "d", yaml.safe_dump(other), "b.yml")
@@ -270,6 +270,11 @@ def test_yaml_error_has_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(HotListError, match="does not exist"):
         load_hotlist_file(tmp_path / "nope.yaml")
+
+
+def test_bad_json_file(tmp_path):
+    with pytest.raises(HotListError, match=r"bad\.json: not valid JSON: .*line 1"):
+        load_hotlist_file(write(tmp_path, '{"apiVersion": ', "bad.json"))
 
 
 def test_empty_directory_is_an_error(tmp_path):

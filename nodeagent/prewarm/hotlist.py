@@ -23,6 +23,7 @@ with any problem. ``select_and_merge`` turns the sets into this node's desired i
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,6 +214,12 @@ def _read_documents(path: Path, problems: list[Problem]) -> list[tuple[int, Any]
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(str(path), None, None, "", f"cannot read: {_reason(exc)}"))
         return []
+    if path.suffix == ".json":  # JSON may use tabs, which YAML rejects
+        try:
+            return [(1, json.loads(text))]
+        except ValueError as exc:
+            problems.append(Problem(str(path), None, None, "", f"not valid JSON: {exc}"))
+            return []
     try:
         docs = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
