@@ -414,7 +414,7 @@ class PrewarmEngine:
             log.info("cannot read the manifest; progress will show bytes without a total",
                      extra=fields(image=state.image, error=redact_text(scrub(str(exc), auth))))
             return None
-        state.digest = state.digest or resolved.manifest_digest
+        state.digest = state.digest or resolved.index_digest or resolved.manifest_digest
         layers: dict[str, int] = {}
         for digest, size in resolved.layers:
             layers[digest] = size
