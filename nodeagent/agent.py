@@ -1,0 +1,507 @@
+"""The DaemonSet agent: cluster hot list -> this node's containerd, with status.
+
+Tasks (one asyncio loop, one process):
+
+- two Mirrors (kube/watch.py): all HotImageSets, and this Node (``NODE_NAME``);
+- the control loop: on any change, select the sets whose nodeSelector matches the node's
+  labels, merge them and hand the result to the engine (a set or label change reaches
+  the engine within milliseconds); then patch the ``ImagesPrewarmed`` condition if due,
+  send Events for failures and remove the startup taint when its time has come;
+- the prewarm engine (pulls, pins, self-heals), started only once the first selection
+  is known, so a restart never unpins images for want of a list;
+- local storage: ``nodeagent disks setup --restart-services`` only while the node still
+  carries the startup taint (no workload can be running yet), in a child process;
+- /metrics, /healthz, /readyz on one port.
+
+SIGTERM/SIGINT: the engine cancels pulls in flight (rollout Leases are released), the
+last Events are flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nodeagent import metrics
+from nodeagent.errors import NodeagentError
+from nodeagent.kube.events import EventRecorder
+from nodeagent.kube.nodestatus import Condition, NodeConditionReporter, compute_condition
+from nodeagent.kube.taint import TaintSpec, decide, has_taint, remove_taint, taint_dicts
+from nodeagent.kube.watch import Backoff, Mirror, WatchTiming, describe_error
+from nodeagent.log import fields, redact_text
+from nodeagent.prewarm.config import EngineConfig
+from nodeagent.prewarm.state import FAILED, PRESENT, SKIPPED, ImageState
+
+if TYPE_CHECKING:
+    from nodeagent.prewarm.hotlist import DesiredImage, HotImageSet
+
+log = logging.getLogger("nodeagent.agent")
+
+SHUTDOWN_GRACE_S = 20.0
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    containerd_address: str
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    metrics_port: int | None = 9464
+    metrics_host: str = "0.0.0.0"
+    startup_taint: TaintSpec | None = None
+    startup_taint_timeout_s: float = 900.0
+    rollout_limit: int = 0  # 0: off
+    lease_namespace: str = "nodeagent"
+    lease_duration_s: int = 30
+    docker_configs: Sequence[Path] = ()
+    credential_provider_config: Path | None = None
+    credential_provider_bin_dir: Path | None = None
+    disks_setup_args: Sequence[str] | None = None  # None: the agent never sets disks up
+    disks_status_interval_s: float = 60.0
+    heartbeat_s: float = 600.0
+    status_min_interval_s: float = 10.0
+    secret_ttl_s: float = 300.0
+    watch_timing: WatchTiming = field(default_factory=WatchTiming)
+    backoff: Callable[[], Backoff] = Backoff
+
+
+# ------------------------------------------------------------------ selection (pure-ish)
+
+
+class Selection:
+    """Parses HotImageSet objects (cached by resourceVersion) and picks this node's images.
+
+    A malformed object is reported once per version (log + metric + condition message)
+    and skipped; the others still apply.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[str, HotImageSet | None]] = {}
+        self.invalid: list[str] = []
+
+    def parse(self, objects: Mapping[str, Mapping]) -> list[HotImageSet]:
+        from nodeagent.prewarm.hotlist import parse_hotimageset
+
+        valid, invalid, parsed = [], [], {}
+        for name, obj in sorted(objects.items()):
+            version = (obj.get("metadata") or {}).get("resourceVersion") or ""
+            cached = self._parsed.get(name)
+            if cached is None or cached[0] != version:
+                try:
+                    cached = (version, parse_hotimageset(dict(obj), f"HotImageSet {name}"))
+                except NodeagentError as exc:
+                    log.error("invalid HotImageSet skipped", extra=fields(
+                        hotimageset=name, resource_version=version,
+                        error=redact_text(str(exc))))
+                    cached = (version, None)
+            parsed[name] = cached
+            if cached[1] is None:
+                invalid.append(name)
+            else:
+                valid.append(cached[1])
+        self._parsed, self.invalid = parsed, invalid
+        return valid
+
+    def select(self, objects: Mapping[str, Mapping], labels: Mapping[str, str]
+               ) -> list[DesiredImage]:
+        from nodeagent.prewarm.hotlist import select_and_merge
+
+        sets = self.parse(objects)
+        selected = sum(1 for s in sets if s.node_selector.matches(labels))
+        metrics.AGENT_HOTIMAGESETS.labels(state="selected").set(selected)
+        metrics.AGENT_HOTIMAGESETS.labels(state="not_selected").set(len(sets) - selected)
+        metrics.AGENT_HOTIMAGESETS.labels(state="invalid").set(len(self.invalid))
+        return select_and_merge(sets, labels)
+
+
+# ------------------------------------------------------------------ engine feed
+
+
+class EngineFeed:
+    """The engine's ProgressReporter: wakes the control loop on state changes."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self.changes: list[tuple[str, str, str | None, str]] = []
+
+    def update(self, states: Sequence[ImageState], fs: Any) -> None:
+        return  # counts are read from engine.snapshot() when the loop runs
+
+    def event(self, state: ImageState) -> None:
+        self.changes.append((state.image, state.state, state.reason, state.message))
+        self._wake()
+
+    def close(self) -> None:
+        return
+
+
+# ------------------------------------------------------------------ local storage
+
+
+@dataclass
+class Storage:
+    """Local storage readiness: set up by ``disks setup`` or not managed by the agent."""
+
+    ready: bool = True
+    problem: str | None = None
+    ran_setup: bool = False
+
+
+async def run_disks_setup(args: Sequence[str]) -> Storage:
+    """``nodeagent disks setup --restart-services ARGS`` in a child process."""
+    cmd = [sys.executable, "-m", "nodeagent.cli", "--log-format", "json", "disks", "setup",
+           "--restart-services", *args]
+    log.info("setting up local storage (node still carries the startup taint)",
+             extra=fields(command=" ".join(cmd[2:])))
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    output, _ = await proc.communicate()
+    text = redact_text(output.decode(errors="replace")).strip()
+    for line in text.splitlines()[-20:]:
+        log.info("disks setup: %s", line)
+    if proc.returncode == 0:
+        return Storage(ready=True, ran_setup=True)
+    last = text.splitlines()[-1] if text else f"exit code {proc.returncode}"
+    return Storage(ready=False, ran_setup=True,
+                   problem=f"local storage setup failed: {last[:300]}")
+
+
+# ------------------------------------------------------------------ the agent
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, kube: Any, containerd: Any,
+                 health: metrics.HealthState | None = None) -> None:
+        from nodeagent.kube.client import hotimageset_resource
+        from nodeagent.kube.secrets import PullSecrets
+
+        self.config = config
+        self.kube = kube
+        self.containerd = containerd
+        self.health = health or metrics.HealthState()
+        self._wake = asyncio.Event()
+        self.node_mirror = self._mirror(_node_resource(), name=config.node_name, label="Node")
+        self.sets_mirror = self._mirror(hotimageset_resource(), label="HotImageSet")
+        self.selection = Selection()
+        self.secrets = PullSecrets(kube, ttl_s=config.secret_ttl_s)
+        self.events = EventRecorder(kube, config.node_name)
+        self.status = NodeConditionReporter(kube, config.node_name,
+                                            heartbeat_s=config.heartbeat_s,
+                                            min_interval_s=config.status_min_interval_s)
+        self.feed = EngineFeed(self._wake.set)
+        self.engine = self._engine()
+        self.storage = Storage()
+        self.storage_settled = asyncio.Event()
+        self.desired: list[DesiredImage] | None = None
+        self.taint_done = config.startup_taint is None
+        self.started = time.monotonic()
+        self._engine_task: asyncio.Task | None = None
+        self._engine_stop = asyncio.Event()
+        self._last_condition: Condition | None = None
+
+    def _mirror(self, resource: type, label: str, name: str | None = None) -> Mirror:
+        return Mirror(self.kube, resource, name=name, on_change=self._wake.set,
+                      backoff=self.config.backoff(), timing=self.config.watch_timing,
+                      label=label)
+
+    def _engine(self) -> Any:
+        from nodeagent.prewarm.engine import PrewarmEngine
+
+        gate = None
+        if self.config.rollout_limit > 0:
+            from nodeagent.kube.lease import RolloutLimiter
+
+            gate = RolloutLimiter(self.kube, self.config.lease_namespace, self.config.node_name,
+                                  self.config.rollout_limit,
+                                  lease_duration_s=self.config.lease_duration_s).gate
+        return PrewarmEngine(self.containerd, build_keyring(self.config), self.config.engine,
+                             self.feed, secret_keyring=self.secrets, pull_gate=gate)
+
+    # -- lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then shut down cleanly (pulls cancelled)."""
+        mirror_stop = asyncio.Event()
+        tasks = [asyncio.create_task(self.node_mirror.run(mirror_stop), name="watch-node"),
+                 asyncio.create_task(self.sets_mirror.run(mirror_stop), name="watch-sets"),
+                 asyncio.create_task(self._storage(stop), name="storage")]
+        try:
+            await self._control(stop)
+        finally:
+            await self._shutdown(tasks, mirror_stop)
+
+    async def _shutdown(self, tasks: list[asyncio.Task], mirror_stop: asyncio.Event) -> None:
+        self.health.set_ready(False, "shutting down")
+        self._engine_stop.set()
+        if self._engine_task is not None:
+            done, _ = await asyncio.wait({self._engine_task}, timeout=SHUTDOWN_GRACE_S)
+            if not done:
+                log.warning("engine did not stop in time; cancelling")
+                self._engine_task.cancel()
+                await asyncio.gather(self._engine_task, return_exceptions=True)
+        mirror_stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.events.flush()
+        log.info("agent stopped", extra=fields(node=self.config.node_name))
+
+    async def _control(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                await self.step()
+            except Exception:  # one bad pass must not kill the agent
+                log.exception("agent control loop error")
+            self.health.beat()
+            await _wait_any(stop, self._wake, self._next_timer())
+
+    async def step(self) -> None:
+        """One pass of the control loop (also called by tests)."""
+        node = self.node()
+        if node is not None:
+            self.events.node_uid = node.metadata.uid
+            self.status.adopt(node)
+            self._select(node)
+        self._report_engine_changes()
+        await self._report_condition()
+        await self._startup_taint(node)
+
+    def node(self) -> Any:
+        return self.node_mirror.items.get(self.config.node_name)
+
+    # -- selection -> engine
+
+    def _select(self, node: Any) -> None:
+        if not self.sets_mirror.synced.is_set():
+            return
+        labels = dict(node.metadata.labels or {})
+        desired = self.selection.select(self.sets_mirror.items, labels)
+        if desired == self.desired:
+            return
+        first = self.desired is None
+        self.desired = desired
+        self.secrets.retain({ref for d in desired for ref in d.pull_secrets})
+        self.engine.set_desired(desired)
+        log.info("hot list for this node", extra=fields(
+            images=len(desired), sets=sorted({s for d in desired for s in d.sets}),
+            invalid_sets=self.selection.invalid))
+        if first:
+            self._start_engine()
+
+    def _start_engine(self) -> None:
+        """Once the first hot list is known and local storage is settled (setup may
+        restart containerd and move its root: no pull may run across that)."""
+        if self._engine_task is not None or self.desired is None \
+                or not self.storage_settled.is_set():
+            return
+        self._engine_task = asyncio.create_task(self.engine.run(self._engine_stop),
+                                                name="engine")
+        self.health.set_ready(True, "watching")
+
+    def images_known(self) -> bool:
+        """The engine has states for exactly the current desired list."""
+        if self.desired is None or self._engine_task is None:
+            return False
+        return len(self.engine.snapshot()) == len(self.desired)
+
+    # -- status, events, taint
+
+    def _report_engine_changes(self) -> None:
+        changes, self.feed.changes = self.feed.changes, []
+        for image, state, reason, message in changes:
+            if state == FAILED:
+                self.events.emit("Warning", "HotImagePullFailed",
+                                 f"hot image {image}: {message or reason}",
+                                 key=f"{image}|{reason}")
+            elif state == SKIPPED:
+                self.events.emit("Warning", "HotImageSkipped",
+                                 f"hot image {image} not pulled: {message}",
+                                 key=f"{image}|{reason}")
+
+    def condition(self) -> Condition | None:
+        if not self.images_known():
+            return None
+        return compute_condition(self.engine.snapshot().values(), self.selection.invalid,
+                                 None if self.storage.ready else self.storage.problem)
+
+    async def _report_condition(self) -> None:
+        cond = self.condition()
+        if cond is None or self.node() is None:
+            return
+        before = self._last_condition
+        if await self.status.report(cond) and cond.status == "True" \
+                and (before is None or before.status != "True"):
+            self.events.emit("Normal", "ImagesPrewarmed", cond.message, key="prewarmed")
+        self._last_condition = cond
+
+    async def _startup_taint(self, node: Any) -> None:
+        spec = self.config.startup_taint
+        if self.taint_done or spec is None or node is None:
+            return
+        if not has_taint(taint_dicts(node), spec):
+            self.taint_done = True
+            return
+        states = self.engine.snapshot().values()
+        missing = [s.image for s in states if s.required and s.state != PRESENT]
+        decision = decide(self.storage.ready, missing, time.monotonic() - self.started,
+                          self.config.startup_taint_timeout_s,
+                          waiting_for_images=not self.images_known())
+        if decision.remove:
+            await self._remove_taint(spec, decision.why or "ready", decision.message)
+
+    async def _remove_taint(self, spec: TaintSpec, why: str, message: str) -> None:
+        try:
+            await remove_taint(self.kube, self.config.node_name, spec)
+        except Exception as exc:
+            log.warning("cannot remove the startup taint; will retry", extra=fields(
+                taint=str(spec), error=describe_error(exc)))
+            return
+        self.taint_done = True
+        metrics.AGENT_STARTUP_TAINT_REMOVED.labels(why=why).inc()
+        if why == "timeout":
+            log.warning("startup taint removed on timeout", extra=fields(
+                taint=str(spec), why=message))
+            self.events.emit("Warning", "StartupTaintTimeout",
+                             f"removed startup taint {spec} anyway: {message}", key="taint")
+        else:
+            log.info("startup taint removed", extra=fields(taint=str(spec), why=message))
+            self.events.emit("Normal", "StartupTaintRemoved",
+                             f"removed startup taint {spec}: {message}", key="taint")
+
+    def _next_timer(self) -> float:
+        waits = [30.0]
+        cond = self._last_condition
+        if cond is not None:
+            waits.append(self.status.next_due(cond) + 0.05)
+        if not self.taint_done and self.config.startup_taint is not None:
+            left = self.config.startup_taint_timeout_s - (time.monotonic() - self.started)
+            waits.append(max(0.05, left))
+        if self.desired is not None and not self.images_known():
+            waits.append(0.2)  # engine's first pass on a new list is about to land
+        return max(0.05, min(waits))
+
+    # -- storage
+
+    async def _storage(self, stop: asyncio.Event) -> None:
+        try:
+            await self._storage_setup()
+        finally:
+            self.storage_settled.set()
+            self._start_engine()
+            self._wake.set()
+
+    async def _storage_setup(self) -> None:
+        spec, args = self.config.startup_taint, self.config.disks_setup_args
+        if args is None:
+            return
+        await self.node_mirror.synced.wait()
+        node = self.node()
+        if node is None or spec is None or not has_taint(taint_dicts(node), spec):
+            log.info("not setting up local storage: the node does not carry the startup "
+                     "taint, so workloads may already use its disks",
+                     extra=fields(taint=str(spec) if spec else None))
+            return
+        self.storage = Storage(ready=False, problem="local storage setup in progress")
+        self.storage = await run_disks_setup(args)
+        if not self.storage.ready:
+            log.error("local storage setup failed", extra=fields(problem=self.storage.problem))
+            self.events.emit("Warning", "LocalStorageSetupFailed", self.storage.problem or "",
+                             key="disks")
+
+
+def _node_resource() -> type:
+    from lightkube.resources.core_v1 import Node
+
+    return Node
+
+
+def build_keyring(config: AgentConfig) -> Any:
+    """Node credentials: docker config files and the kubelet credential provider if mounted."""
+    from nodeagent.prewarm import auth
+
+    rings: list[Any] = [auth.DockerConfigKeyring.from_file(p) for p in config.docker_configs]
+    provider_config = config.credential_provider_config
+    if provider_config is not None and provider_config.is_file():
+        rings.append(auth.CredentialProviderKeyring(
+            provider_config, config.credential_provider_bin_dir or provider_config.parent))
+    elif provider_config is not None:
+        log.info("no kubelet credential provider config mounted; using pull secrets only",
+                 extra=fields(path=str(provider_config)))
+    if not rings:
+        return None
+    return rings[0] if len(rings) == 1 else auth.ChainKeyring(rings)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+# ------------------------------------------------------------------ process entry
+
+
+async def main(config: AgentConfig, kube_server: str | None = None,
+               kubeconfig: str | None = None) -> int:
+    """The ``nodeagent agent`` process: signals, metrics server, clients, agent."""
+    import signal
+
+    from nodeagent.containerd.client import ContainerdClient
+    from nodeagent.kube.client import load_config, make_client
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = metrics.HealthState(heartbeat_timeout_s=120)
+    server = None
+    if config.metrics_port is not None:
+        server = metrics.serve(config.metrics_port, health, config.metrics_host)
+        log.info("serving /metrics, /healthz, /readyz", extra=fields(port=server.port))
+    kube = make_client(load_config(kube_server, kubeconfig))
+    containerd = ContainerdClient(config.containerd_address)
+    try:
+        if await connect_containerd(containerd, stop, health):
+            log.info("agent starting", extra=fields(
+                node=config.node_name, rollout_limit=config.rollout_limit or None,
+                startup_taint=str(config.startup_taint) if config.startup_taint else None))
+            await Agent(config, kube, containerd, health).run(stop)
+    finally:
+        await containerd.close()
+        with contextlib.suppress(Exception):
+            await kube.close()
+        if server is not None:
+            server.close()
+    return 0
+
+
+async def connect_containerd(client: Any, stop: asyncio.Event,
+                             health: metrics.HealthState) -> bool:
+    """Wait for containerd (it may start after us on a booting node); False if stopped."""
+    from nodeagent.containerd.client import ContainerdTooOld
+
+    backoff = Backoff(initial_s=1.0, max_s=30.0)
+    while not stop.is_set():
+        try:
+            await client.connect()
+            return True
+        except ContainerdTooOld:
+            raise
+        except NodeagentError as exc:
+            health.set_ready(False, "waiting for containerd")
+            health.beat()
+            delay = backoff.delay()
+            log.warning("containerd not available yet; retrying", extra=fields(
+                address=client.address, error=redact_text(str(exc)), retry_in_s=round(delay, 1)))
+            await _wait_any(stop, asyncio.Event(), delay)
+    return False
