@@ -1,8 +1,10 @@
 """Shared fixtures: a real registry, a real private containerd, real pushed images.
 
 Scopes (documented in the team contract):
-- `registry`, `auth_registry`: session. Tests that stop/start a registry ("registry down")
-  must use `fresh_registry` (function scope) so they don't break other tests.
+- `registry`, `auth_registry` (htpasswd basic auth), `bearer_registry` (token auth with
+  an in-process JWT token service, like ECR/Docker Hub): session; the auth ones accept
+  `auth_credentials`. Tests that stop/start a registry ("registry down") must use
+  `fresh_registry` (function scope) so they don't break other tests.
 - `containerd`: function. A fresh private containerd starts in ~0.1 s, so each test gets
   its own empty content store; `containerd.restart()` / `.kill()` + `.start()` keep root.
 - `sample_images`: session. The small demo set (4 images incl. a multi-arch index) pushed
@@ -48,7 +50,7 @@ _BINARIES = {
     "htpasswd": "apache2-utils",
 }
 _SANDBOX_FIXTURES = {
-    "registry", "auth_registry", "fresh_registry", "containerd", "sample_images",
+    "registry", "auth_registry", "bearer_registry", "fresh_registry", "containerd", "sample_images",
     "auth_sample_images", "image_pusher",
 }
 
@@ -128,9 +130,11 @@ def auth_credentials() -> Credentials:
     return Credentials(AUTH_USER, AUTH_PASSWORD)
 
 
-def _registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[LocalRegistry]:
-    require("docker-registry", *(["htpasswd"] if users else []))
-    reg = LocalRegistry(workdir, users=users)
+def _registry(
+    workdir: Path, users: dict[str, str] | None = None, auth: str = "basic"
+) -> Iterator[LocalRegistry]:
+    require("docker-registry", *(["htpasswd"] if users and auth == "basic" else []))
+    reg = LocalRegistry(workdir, users=users, auth=auth)
     reg.start()
     try:
         yield reg
@@ -151,6 +155,15 @@ def auth_registry(
     """Registry requiring basic auth for `auth_credentials` (htpasswd, bcrypt)."""
     users = {auth_credentials.username: auth_credentials.password}
     yield from _registry(tmp_path_factory.mktemp("auth-registry"), users)
+
+
+@pytest.fixture(scope="session")
+def bearer_registry(
+    tmp_path_factory: pytest.TempPathFactory, auth_credentials: Credentials
+) -> Iterator[LocalRegistry]:
+    """Registry with bearer-token auth; `.token_server` counts issued/refused tokens."""
+    users = {auth_credentials.username: auth_credentials.password}
+    yield from _registry(tmp_path_factory.mktemp("bearer-registry"), users, auth="token")
 
 
 @pytest.fixture

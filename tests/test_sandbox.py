@@ -290,3 +290,29 @@ def test_docker_v2_manifest_and_shared_layers_pull(containerd: PrivateContainerd
         containerd.ctr("images", "pull", "--plain-http", pushed.ref)
     listing = containerd.ctr("images", "ls")
     assert first.digest in listing and second.digest in listing
+
+
+async def test_bearer_registry_push_and_cri_pull_with_tokens(bearer_registry: LocalRegistry,
+                                                             auth_credentials, tmp_path: Path,
+                                                             containerd: PrivateContainerd
+                                                             ) -> None:
+    from nodeagent.containerd.client import AuthConfig, ContainerdClient, ImagePullError
+
+    tokens = bearer_registry.token_server
+    assert tokens is not None
+    image = build_image("t/bearer:1", [LayerSpec("t/bearer", 32 * KiB)], cache_dir=tmp_path)
+    with pytest.raises(RegistryAuthError, match="refused user 'tester'"):
+        push_image(bearer_registry.host, image, auth_credentials.username, "wrong-password")
+    issued = tokens.issued
+    ref = push_image(bearer_registry.host, image, auth_credentials.username,
+                     auth_credentials.password)
+    assert tokens.issued > issued  # the push went through the token service
+    async with ContainerdClient(containerd.address) as client:
+        with pytest.raises(ImagePullError) as denied:
+            await client.pull_image(ref, AuthConfig(username="tester", password="wrong"))
+        assert denied.value.reason == "auth"
+        issued = tokens.issued
+        await client.pull_image(ref, AuthConfig(username=auth_credentials.username,
+                                                password=auth_credentials.password))
+        assert tokens.issued > issued
+        assert await client.image_status(ref) is not None

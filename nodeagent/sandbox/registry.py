@@ -2,8 +2,9 @@
 
 Used by `nodeagent demo`, the tests and the benchmarks. containerd treats 127.0.0.1:PORT
 as plain HTTP, so no TLS or hosts.toml is needed to pull from it. With `users`, the
-registry requires HTTP basic auth checked against a bcrypt htpasswd file, which is how
-private-registry credentials are tested for real.
+registry requires credentials: `auth="basic"` checks HTTP basic auth against a bcrypt
+htpasswd file; `auth="token"` makes it a bearer-token registry (like ECR or Docker Hub)
+backed by an in-process token service (nodeagent.sandbox.tokenauth).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from types import TracebackType
 
 from nodeagent.sandbox.process import Daemon, SandboxError, require_binary
+from nodeagent.sandbox.tokenauth import ISSUER as TOKEN_ISSUER
+from nodeagent.sandbox.tokenauth import SERVICE as TOKEN_SERVICE
+from nodeagent.sandbox.tokenauth import TokenServer
 
 REALM = "nodeagent-sandbox"
 START_TIMEOUT_S = 20.0
@@ -44,9 +48,15 @@ def htpasswd_line(user: str, password: str) -> str:
 class LocalRegistry:
     """`docker-registry serve` with storage, config and log under `workdir`."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, *, auth: str = "basic"
+    ) -> None:
+        if auth not in ("basic", "token"):
+            raise SandboxError(f"unknown registry auth {auth!r}: use 'basic' or 'token'")
         self.workdir = Path(workdir)
         self.users = dict(users or {})
+        self.auth = auth if self.users else ""
+        self.token_server: TokenServer | None = None
         self.port: int | None = None
         self.storage = self.workdir / "storage"
         self.config_file = self.workdir / "config.yml"
@@ -81,8 +91,12 @@ class LocalRegistry:
         exe = require_binary("docker-registry", "docker-registry")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(exist_ok=True)
-        if self.users:
+        if self.auth == "basic":
             self._write_htpasswd()
+        elif self.auth == "token":
+            if self.token_server is None:
+                self.token_server = TokenServer(self.users, self.workdir)
+            self.token_server.start()
         fixed_port = self.port is not None
         last_error: SandboxError | None = None
         for _attempt in range(5):
@@ -116,10 +130,17 @@ class LocalRegistry:
 
     def _config_yaml(self) -> str:
         auth = ""
-        if self.users:
+        if self.auth == "basic":
             auth = (
                 "auth:\n  htpasswd:\n"
                 f"    realm: {REALM}\n    path: {self.workdir / 'htpasswd'}\n"
+            )
+        elif self.auth == "token" and self.token_server is not None:
+            auth = (
+                "auth:\n  token:\n"
+                f"    realm: {self.token_server.realm}\n    service: {TOKEN_SERVICE}\n"
+                f"    issuer: {TOKEN_ISSUER}\n"
+                f"    rootcertbundle: {self.token_server.cert_file}\n"
             )
         return (
             "version: 0.1\n"
@@ -148,6 +169,8 @@ class LocalRegistry:
         if self._daemon is not None:
             self._daemon.terminate()
             self._daemon = None
+        if self.token_server is not None:
+            self.token_server.stop()
 
     def __enter__(self) -> LocalRegistry:
         self.start()
@@ -161,4 +184,5 @@ class LocalRegistry:
 
     def __repr__(self) -> str:  # never shows passwords
         port = self.port if self.port is not None else "-"
-        return f"LocalRegistry(127.0.0.1:{port}, users={sorted(self.users)})"
+        return f"LocalRegistry(127.0.0.1:{port}, auth={self.auth or 'none'!r}, " \
+            f"users={sorted(self.users)})"
