@@ -219,6 +219,8 @@ def image_pusher(registry: LocalRegistry, image_cache: Path) -> ImagePusher:
     `platforms` (e.g. ["linux/amd64", "linux/arm64"]) builds a multi-arch index.
     """
 
+    default_registry = registry
+
     def push(
         name: str, sizes: Sequence[int] = (256 << 10,), *, registry: LocalRegistry | None = None,
         credentials: Credentials | None = None, platforms: Sequence[str] | None = None,
@@ -243,5 +245,4 @@ def image_pusher(registry: LocalRegistry, image_cache: Path) -> ImagePusher:
         push_images(target.host, [image], user, password)
         return PushedImage(image, target.host)
 
-    default_registry = registry
     return push

@@ -316,3 +316,44 @@ async def test_bearer_registry_push_and_cri_pull_with_tokens(bearer_registry: Lo
                                                 password=auth_credentials.password))
         assert tokens.issued > issued
         assert await client.image_status(ref) is not None
+
+
+def test_daemons_die_with_a_killed_parent(tmp_path: Path) -> None:
+    """A pytest run killed mid-test (timeout, Ctrl-C twice) must not leave daemons behind."""
+    import os
+    import signal
+    import sys
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("private containerd needs root")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from nodeagent.sandbox import LocalRegistry, PrivateContainerd\n"
+        f"r = LocalRegistry(Path({str(tmp_path / 'r')!r})); r.start()\n"
+        f"c = PrivateContainerd(Path({str(tmp_path / 'c')!r})); c.start()\n"
+        "print(r.pid, c.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if _running(pid)]
+    for pid in survivors:  # don't leave them behind even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -146,8 +146,9 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
     from nodeagent.sandbox.containerd import PrivateContainerd
     from nodeagent.sandbox.registry import LocalRegistry
 
-    registry = LocalRegistry(workdir / "registry")
-    containerd = PrivateContainerd(workdir / "containerd")
+    # --keep: the daemons must survive this process, so no parent-death signal.
+    registry = LocalRegistry(workdir / "registry", detach=args.keep)
+    containerd = PrivateContainerd(workdir / "containerd", detach=args.keep)
     kept = False
     try:
         registry.start()

@@ -44,8 +44,9 @@ class PrivateContainerd:
 
     def __init__(
         self, workdir: Path, root: Path | None = None, *, max_concurrent_downloads: int = 3,
-        log_level: str = "info",
+        log_level: str = "info", detach: bool = False,
     ) -> None:
+        """`detach`: keep running if this process dies (else it gets SIGTERM)."""
         self.workdir = Path(workdir).absolute()
         self.root = Path(root).absolute() if root else self.workdir / "root"
         self.state = self.workdir / "state"
@@ -54,6 +55,7 @@ class PrivateContainerd:
         self.log_file = self.workdir / "containerd.log"
         self.max_concurrent_downloads = max_concurrent_downloads
         self.log_level = log_level
+        self.detach = detach
         self.socket_dir = self._pick_socket_dir()
         self.address = str(self.socket_dir / "containerd.sock")
         self.start_time_s: float | None = None
@@ -87,7 +89,7 @@ class PrivateContainerd:
         self._remove_stale_sockets()
         self.config_file.write_text(self.config_toml())
         self._daemon = Daemon("containerd", [exe, "--config", str(self.config_file)],
-                              self.log_file)
+                              self.log_file, detach=self.detach)
         self._daemon.spawn()
         self.start_time_s = self._daemon.wait_ready(
             self._answers, START_TIMEOUT_S, f"CRI on {self.address}"

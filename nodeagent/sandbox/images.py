@@ -48,7 +48,7 @@ _MEDIA = {
 }
 # Odds of each kind of file (text ~5.6x, code-like ~1.5x, random 1x): ~2.3x overall.
 _KIND_WEIGHTS = (0.55, 0.20, 0.25)
-_PARALLEL_MIN_BYTES = 16 << 20  # below this, a process pool costs more than it saves
+_PARALLEL_MIN_BYTES = 16 << 20  # below this, threads cost more than they save
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,10 +44,13 @@ def log_tail(log_file: Path, lines: int = 15) -> str:
 class Daemon:
     """One child process with its output appended to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_file: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_file: Path, *, detach: bool = False
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_file = log_file
+        self.detach = detach
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,9 +70,21 @@ class Daemon:
             # Own session: a Ctrl-C on the demo's terminal reaches only us, and we then
             # stop the daemons in order instead of the terminal killing them mid-write.
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                self._with_parent_death_signal(self.argv), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
+
+    def _with_parent_death_signal(self, argv: list[str]) -> list[str]:
+        """Make the daemon get SIGTERM if we die (a killed pytest must not leave daemons).
+
+        The kernel sends it when the spawning *thread* exits, so only from the main thread;
+        `detach` (demo --keep) daemons outlive us on purpose.
+        """
+        setpriv = shutil.which("setpriv")  # util-linux
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if self.detach or setpriv is None or not in_main_thread:
+            return argv
+        return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
     def wait_ready(self, ready: Callable[[], bool], timeout_s: float, what: str) -> float:
         """Poll `ready` until true; seconds waited. Raises naming the log file on failure."""

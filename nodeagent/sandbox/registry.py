@@ -49,14 +49,17 @@ class LocalRegistry:
     """`docker-registry serve` with storage, config and log under `workdir`."""
 
     def __init__(
-        self, workdir: Path, users: dict[str, str] | None = None, *, auth: str = "basic"
+        self, workdir: Path, users: dict[str, str] | None = None, *, auth: str = "basic",
+        detach: bool = False,
     ) -> None:
+        """`detach`: keep running if this process dies (else it gets SIGTERM)."""
         if auth not in ("basic", "token"):
             raise SandboxError(f"unknown registry auth {auth!r}: use 'basic' or 'token'")
         self.workdir = Path(workdir)
         self.users = dict(users or {})
         self.auth = auth if self.users else ""
         self.token_server: TokenServer | None = None
+        self.detach = detach
         self.port: int | None = None
         self.storage = self.workdir / "storage"
         self.config_file = self.workdir / "config.yml"
@@ -116,7 +119,7 @@ class LocalRegistry:
     def _start_once(self, exe: str) -> None:
         self.config_file.write_text(self._config_yaml())
         self._daemon = Daemon("docker-registry", [exe, "serve", str(self.config_file)],
-                              self.log_file)
+                              self.log_file, detach=self.detach)
         self._daemon.spawn()
         self.start_time_s = self._daemon.wait_ready(
             self._answers, START_TIMEOUT_S, f"GET {self.url}/v2/"
