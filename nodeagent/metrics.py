@@ -167,6 +167,37 @@ for _state in ("selected", "not_selected", "invalid"):
     AGENT_HOTIMAGESETS.labels(state=_state)
 # ------------------------------------------------------------------ end kube
 
+# ------------------------------------------------------------------ hydrate (snapshot)
+HYDRATE_PHASES = ("hot", "device")  # hot images' files; then the whole block device
+HYDRATE_READ_BYTES = Counter(
+    "nodeagent_hydrate_read_bytes",
+    "Bytes read ahead after a restore from snapshot, by phase", ["phase"], registry=REGISTRY,
+)
+HYDRATE_READ_FILES = Counter(
+    "nodeagent_hydrate_read_files", "Files read ahead by hydration, by phase", ["phase"],
+    registry=REGISTRY,
+)
+HYDRATE_DURATION = Gauge(
+    "nodeagent_hydrate_duration_seconds", "Wall time of the last hydration, by phase",
+    ["phase"], registry=REGISTRY,
+)
+HYDRATE_COMPLETED = Gauge(
+    "nodeagent_hydrate_completed_timestamp_seconds",
+    "When the last hydration phase finished (unix time), by phase", ["phase"],
+    registry=REGISTRY,
+)
+for _phase in HYDRATE_PHASES:
+    HYDRATE_READ_BYTES.labels(phase=_phase)
+    HYDRATE_READ_FILES.labels(phase=_phase)
+
+
+def record_hydration(phase: str, read_bytes: int, files: int, seconds: float) -> None:
+    HYDRATE_READ_BYTES.labels(phase=phase).inc(read_bytes)
+    HYDRATE_READ_FILES.labels(phase=phase).inc(files)
+    HYDRATE_DURATION.labels(phase=phase).set(seconds)
+    HYDRATE_COMPLETED.labels(phase=phase).set(time.time())
+# ------------------------------------------------------------------ end hydrate
+
 
 class HealthState:
     """Liveness and readiness, shared between the worker code and the HTTP thread.
