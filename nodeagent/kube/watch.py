@@ -122,20 +122,17 @@ class Mirror:
         self.errors = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (or the task is cancelled)."""
+        """Run until ``stop`` is set (or the task is cancelled); never leaves a task behind."""
+        worker = asyncio.ensure_future(self._run_once())
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            while not stop.is_set():
-                worker = asyncio.ensure_future(self._run_once())
-                done, _ = await asyncio.wait({worker, stopper},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if worker not in done:
-                    worker.cancel()
-                    await asyncio.gather(worker, return_exceptions=True)
-                    return
-                worker.result()
+            await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if worker.done():
+                worker.result()  # an unexpected error: let the caller see it
         finally:
-            stopper.cancel()
+            for task in (worker, stopper):
+                task.cancel()
+            await asyncio.gather(worker, stopper, return_exceptions=True)
 
     async def _run_once(self) -> None:
         rv: str | None = None

@@ -1,0 +1,115 @@
+"""Helpers for the agent tests: an in-process agent against the Kubernetes API TEST DOUBLE
+(tests/kubeapi.py; no real API server can be installed here) and a real containerd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeapi import KubeApiDouble
+
+from nodeagent.agent import Agent, AgentConfig
+from nodeagent.containerd.client import ContainerdClient
+from nodeagent.kube.client import load_config, make_client
+from nodeagent.kube.nodestatus import CONDITION_TYPE
+from nodeagent.kube.watch import Backoff, WatchTiming
+from nodeagent.prewarm import plan
+from nodeagent.prewarm.config import EngineConfig
+
+GROUP = "nodeagent.io"
+FAST_ENGINE = dict(poll_interval_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0,
+                   resync_interval_s=30.0)
+
+
+def hot_set(name: str, *images: str, required: bool = False, **spec: Any) -> dict:
+    return {
+        "apiVersion": "nodeagent.io/v1alpha1", "kind": "HotImageSet",
+        "metadata": {"name": name},
+        "spec": {"images": [{"image": i, "required": required} for i in images], **spec},
+    }
+
+
+def add_node(api: KubeApiDouble, name: str, labels: dict | None = None,
+             taints: list | None = None) -> dict:
+    return api.create("nodes", {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"taints": taints or []},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    })
+
+
+def agent_config(node: str, address: str, **kw: Any) -> AgentConfig:
+    engine = kw.pop("engine", None) or EngineConfig(**FAST_ENGINE, max_retries=kw.pop(
+        "max_retries", 2), high_water_percent=100)
+    return AgentConfig(
+        node_name=node, containerd_address=address, engine=engine, metrics_port=None,
+        watch_timing=WatchTiming(20, 30, 1), backoff=lambda: Backoff(0.05, 0.5),
+        status_min_interval_s=0.2, credential_provider_config=None, **kw)
+
+
+@dataclass
+class Running:
+    agent: Agent
+    stop: asyncio.Event
+    task: asyncio.Task
+    containerd: ContainerdClient
+    extra: dict = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(api: KubeApiDouble, config: AgentConfig) -> AsyncIterator[Running]:
+    kube = make_client(load_config(server=api.url))
+    containerd = ContainerdClient(config.containerd_address)
+    await containerd.connect()
+    agent = Agent(config, kube, containerd)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield Running(agent, stop, task, containerd)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await containerd.close()
+        await kube.close()
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 30.0,
+                     what: str = "condition") -> float:
+    """Wait until ``predicate()`` (sync or async) is truthy; returns seconds waited."""
+    start = time.monotonic()
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def pinned_digests(client: ContainerdClient) -> set[str]:
+    """Target digests of images carrying nodeagent's pin."""
+    return {r.target_digest for r in await client.list_image_records()
+            if r.labels.get(plan.PINNED_LABEL) == "true"}
+
+
+async def present_digests(client: ContainerdClient) -> set[str]:
+    return {r.target_digest for r in await client.list_image_records()}
+
+
+def condition(api: KubeApiDouble, node: str) -> dict | None:
+    obj = api.get("nodes", node)
+    for cond in (obj or {}).get("status", {}).get("conditions", []):
+        if cond["type"] == CONDITION_TYPE:
+            return cond
+    return None
+
+
+def events(api: KubeApiDouble, reason: str | None = None) -> list[dict]:
+    return [e for e in api.list("events", "default")
+            if reason is None or e["reason"] == reason]

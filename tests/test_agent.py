@@ -1,0 +1,197 @@
+"""The DaemonSet agent end to end: a real containerd, a real registry, and tests/kubeapi.py,
+a TEST DOUBLE of the Kubernetes API server (no real API server can be installed here)
+that speaks the real HTTP list/watch protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import pytest
+from agent_helpers import (
+    GROUP,
+    add_node,
+    agent_config,
+    condition,
+    events,
+    eventually,
+    hot_set,
+    pinned_digests,
+    present_digests,
+    running_agent,
+)
+from kubeapi import KubeApiDouble
+from prewarm_helpers import PausableProxy
+
+from nodeagent.kube.taint import TaintSpec
+from nodeagent.prewarm.hotlist import HOTIMAGESET_OBJECT_SCHEMA
+
+TAINT = "nodeagent.io/not-ready"
+
+
+@pytest.fixture
+def api():
+    with KubeApiDouble(crd_schema=HOTIMAGESET_OBJECT_SCHEMA) as server:
+        yield server
+
+
+async def test_set_created_updated_deleted_node_converges(api, containerd, sample_images):
+    python, server = sample_images["python"], sample_images["model-server"]
+    add_node(api, "n1")
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        client = run.containerd
+        await eventually(lambda: run.agent.desired == [], what="first (empty) selection")
+        await eventually(lambda: (condition(api, "n1") or {}).get("reason") == "NoHotImages")
+
+        created = time.monotonic()
+        api.create("hotimagesets", hot_set("base", python.ref), group=GROUP)
+        await eventually(lambda: run.agent.desired, what="selection")
+        assert time.monotonic() - created < 1.0  # the change reached the engine in < 1 s
+        await eventually(lambda: pinned_digests(client), what="pull + pin")
+        assert await pinned_digests(client) == {python.digest}
+        await eventually(lambda: (condition(api, "n1") or {}).get("status") == "True")
+        assert condition(api, "n1")["message"] == "1/1 hot images present"
+
+        api.update("hotimagesets", "base", lambda o: o["spec"].update(
+            images=[{"image": server.ref}]), group=GROUP)
+        await eventually(lambda: _pinned_is(client, {server.digest}), what="update converges")
+        assert python.digest in await present_digests(client)  # unpinned, never removed
+
+        api.delete("hotimagesets", "base", group=GROUP)
+        await eventually(lambda: _pinned_is(client, set()), what="delete converges")
+        await eventually(lambda: (condition(api, "n1") or {}).get("reason") == "NoHotImages")
+        assert events(api, "ImagesPrewarmed")
+
+
+async def _pinned_is(client, expected: set[str]) -> bool:
+    return await pinned_digests(client) == expected
+
+
+async def test_selection_follows_node_labels(api, containerd, sample_images):
+    gpu = sample_images["trainer"]
+    add_node(api, "n1", labels={"pool": "cpu"})
+    api.create("hotimagesets", hot_set("gpu", gpu.ref, nodeSelector={
+        "matchLabels": {"pool": "gpu"}}), group=GROUP)
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await eventually(lambda: run.agent.desired == [], what="not selected")
+        start = time.monotonic()
+        api.update("nodes", "n1", lambda o: o["metadata"]["labels"].update(pool="gpu"))
+        await eventually(lambda: run.agent.desired, what="selected after relabel")
+        assert time.monotonic() - start < 1.0
+        await eventually(lambda: _pinned_is(run.containerd, {gpu.digest}), what="pulled")
+        api.update("nodes", "n1", lambda o: o["metadata"]["labels"].update(pool="cpu"))
+        await eventually(lambda: _pinned_is(run.containerd, set()), what="unpinned")
+
+
+async def test_malformed_sets_are_reported_and_skipped(api, containerd, sample_images):
+    good = sample_images["python"]
+    add_node(api, "n1")
+    # Stored as if created before the CRD had its schema (or semantically invalid):
+    api.create("hotimagesets", hot_set("bad-ref", "Not A Valid/Ref::x"), group=GROUP,
+               validate=False)
+    api.create("hotimagesets", {"apiVersion": "nodeagent.io/v1alpha1", "kind": "HotImageSet",
+                                "metadata": {"name": "bad-spec"}, "spec": "oops"},
+               group=GROUP, validate=False)
+    api.create("hotimagesets", hot_set("good", good.ref), group=GROUP)
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await eventually(lambda: _pinned_is(run.containerd, {good.digest}), what="good set")
+        await eventually(lambda: (condition(api, "n1") or {}).get("status") == "True")
+        message = condition(api, "n1")["message"]
+        assert "invalid HotImageSet skipped: bad-ref, bad-spec" in message
+        assert run.agent.selection.invalid == ["bad-ref", "bad-spec"]
+        # fixing the bad one makes it count again
+        api.update("hotimagesets", "bad-ref", lambda o: o["spec"].update(
+            images=[{"image": good.ref}]), group=GROUP)
+        await eventually(lambda: run.agent.selection.invalid == ["bad-spec"])
+        assert not run.task.done()
+
+
+async def test_api_server_goes_away_and_comes_back(api, containerd, sample_images):
+    first, second = sample_images["python"], sample_images["model-server"]
+    add_node(api, "n1")
+    api.create("hotimagesets", hot_set("a", first.ref), group=GROUP)
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await eventually(lambda: _pinned_is(run.containerd, {first.digest}), what="first")
+        api.stop()
+        await asyncio.sleep(1.0)
+        # meanwhile: the set changes and history is compacted (watch resume gets 410)
+        api.update("hotimagesets", "a", lambda o: o["spec"].update(
+            images=[{"image": second.ref}]), group=GROUP)
+        api.compact()
+        assert not run.task.done()
+        api.start()
+        await eventually(lambda: _pinned_is(run.containerd, {second.digest}), what="after")
+        assert run.agent.sets_mirror.relists >= 1
+        assert run.agent.sets_mirror.errors >= 1
+
+
+async def test_startup_taint_removed_when_required_images_present(api, containerd, registry,
+                                                                   image_pusher):
+    big = image_pusher("taint-wait", sizes=[2 << 20])
+    proxy = PausableProxy(registry.host)
+    proxy.pause_after(0)  # the registry hangs until we let it go
+    ref = big.ref.replace(registry.host, proxy.host)
+    add_node(api, "n1", taints=[{"key": "other", "effect": "NoSchedule"},
+                                {"key": TAINT, "effect": "NoSchedule"}])
+    api.create("hotimagesets", hot_set("req", ref, required=True), group=GROUP)
+    config = agent_config("n1", containerd.address,
+                          startup_taint=TaintSpec.parse(f"{TAINT}:NoSchedule"))
+    try:
+        async with running_agent(api, config) as run:
+            await eventually(lambda: run.agent.images_known(), what="engine started")
+            await asyncio.sleep(1.0)
+            taints = api.get("nodes", "n1")["spec"]["taints"]
+            assert {"key": TAINT, "effect": "NoSchedule"} in taints  # image still missing
+            proxy.resume()
+            await eventually(lambda: _pinned_is(run.containerd, {big.digest}), what="pulled")
+            await eventually(lambda: not _has_taint(api), what="taint removed")
+            assert api.get("nodes", "n1")["spec"]["taints"] == [
+                {"key": "other", "effect": "NoSchedule"}]
+            await eventually(lambda: events(api, "StartupTaintRemoved"), what="Event")
+    finally:
+        proxy.close()
+
+
+def _has_taint(api: KubeApiDouble) -> bool:
+    return any(t["key"] == TAINT for t in api.get("nodes", "n1")["spec"].get("taints", []))
+
+
+async def test_startup_taint_removed_on_timeout_with_reason(api, containerd, registry):
+    missing = f"{registry.host}/nodeagent-test/never-pushed:1"
+    add_node(api, "n1", taints=[{"key": TAINT, "effect": "NoSchedule"}])
+    api.create("hotimagesets", hot_set("req", missing, required=True), group=GROUP)
+    config = agent_config("n1", containerd.address, max_retries=0,
+                          startup_taint=TaintSpec.parse(TAINT),
+                          startup_taint_timeout_s=2.0)
+    async with running_agent(api, config):
+        start = time.monotonic()
+        await eventually(lambda: not _has_taint(api), what="taint removed on timeout")
+        assert time.monotonic() - start < 6
+        await eventually(lambda: events(api, "StartupTaintTimeout"), what="Event")
+        [event] = events(api, "StartupTaintTimeout")
+        assert event["type"] == "Warning"
+        assert "timed out after 2s" in event["message"] and "never-pushed" in event["message"]
+        await eventually(lambda: events(api, "HotImagePullFailed"), what="failure Event")
+        cond = condition(api, "n1")
+        assert (cond["status"], cond["reason"]) == ("False", "PullFailed")
+
+
+async def test_pull_secret_from_the_api(api, containerd, auth_sample_images, auth_credentials):
+    image = auth_sample_images["python"]
+    host = image.ref.split("/", 1)[0]
+    dockerconfig = {"auths": {host: {"username": auth_credentials.username,
+                                     "password": auth_credentials.password}}}
+    api.create("secrets", {"metadata": {"name": "regcred", "namespace": "ml"},
+                           "type": "kubernetes.io/dockerconfigjson",
+                           "data": {".dockerconfigjson": base64.b64encode(
+                               json.dumps(dockerconfig).encode()).decode()}})
+    add_node(api, "n1")
+    api.create("hotimagesets", hot_set("private", image.ref, imagePullSecrets=[
+        {"name": "regcred", "namespace": "ml"}]), group=GROUP)
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await eventually(lambda: _pinned_is(run.containerd, {image.digest}), what="auth pull")
+    leaked = [e for e in events(api) if auth_credentials.password in json.dumps(e)]
+    assert not leaked
