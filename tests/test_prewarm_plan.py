@@ -99,3 +99,13 @@ def test_display_name_prefers_a_tag():
     records = cri_records("docker.io/r/a", "1", D1, C1)
     assert plan.display_name(records) == "docker.io/r/a:1"
     assert plan.display_name(records[1:]) == f"docker.io/r/a@{D1}"
+
+
+def test_pick_next_priority_first_then_least_shared_bytes_then_order():
+    base = {D1: 100, D2: 50}
+    waiting = [plan.Candidate(0, 0, base), plan.Candidate(0, 1, {D1: 100, D3: 5}),
+               plan.Candidate(0, 2, {D3: 5}), plan.Candidate(0, 3, None)]
+    assert plan.pick_next(waiting, {}) == 0  # nothing in flight: hot-list order
+    assert plan.pick_next(waiting, {D1: 100}) == 2  # avoid waiting on the shared base
+    waiting.append(plan.Candidate(5, 9, base))
+    assert plan.pick_next(waiting, {D1: 100}) == 4  # priority wins over sharing

@@ -112,6 +112,65 @@ class _Stalled(Exception):
     pass
 
 
+@dataclass
+class _Prepared:
+    """What a pull attempt needs before it takes a slot."""
+
+    auth: AuthConfig | None
+    layers: dict[str, int] | None  # None: manifest not readable (progress without total)
+    error: str | None = None  # credentials could not be obtained
+
+
+class _Slots:
+    """At most ``size`` pulls at once; who goes next is plan.pick_next's decision.
+
+    Grants are made on the next loop iteration, so pulls spawned together are considered
+    together rather than first come, first served.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.busy: dict[str, dict[str, int]] = {}  # key -> layers of pulls in flight
+        self._waiting: list[tuple[str, plan.Candidate, asyncio.Future[None]]] = []
+        self._scheduled = False
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str, candidate: plan.Candidate):
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((key, candidate, future))
+        self._schedule()
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._waiting = [w for w in self._waiting if w[2] is not future]
+            if future.done() and not future.cancelled():
+                self._release(key)
+            raise
+        try:
+            yield
+        finally:
+            self._release(key)
+
+    def _release(self, key: str) -> None:
+        self.busy.pop(key, None)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._grant)
+
+    def _grant(self) -> None:
+        self._scheduled = False
+        self._waiting = [w for w in self._waiting if not w[2].done()]
+        while self._waiting and len(self.busy) < self.size:
+            busy_layers = {d: n for layers in self.busy.values() for d, n in layers.items()}
+            index = plan.pick_next([c for _, c, _ in self._waiting], busy_layers)
+            key, candidate, future = self._waiting.pop(index)
+            self.busy[key] = dict(candidate.layers or {})
+            future.set_result(None)
+
+
 class PrewarmEngine:
     """Pulls, pins and self-heals this node's hot images. See the module docstring."""
 
@@ -141,7 +200,8 @@ class PrewarmEngine:
         self._desired: list[DesiredImage] = []
         self._states: dict[str, ImageState] = {}
         self._pulls: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._slots = _Slots(self.config.concurrency)
+        self._prepared: dict[str, _Prepared] = {}  # first attempt's credentials + layers
         self._needed: dict[str, int] = {}  # in-flight pulls: estimated bytes they add
         self._not_before: dict[str, float] = {}  # given-up images: no new try before
         self._wake = asyncio.Event()
@@ -221,13 +281,21 @@ class PrewarmEngine:
         for removal in decided.removals:
             await self._remove(removal)
         now = time.monotonic()
-        for image in decided.pulls:
+        start = [image for image in decided.pulls if _key(image) not in self._pulls and (
+            retry_given_up or self._not_before.get(_key(image), 0) <= now)]
+        # Read every manifest first so the scheduler sees all layer sets at once.
+        limit = asyncio.Semaphore(8)
+
+        async def prepare(image: DesiredImage) -> None:
+            async with limit:
+                self._prepared[_key(image)] = await self._prepare(image)
+
+        await asyncio.gather(*(prepare(image) for image in start))
+        order = {_key(d): i for i, d in enumerate(self._desired)}
+        for image in start:
             key = _key(image)
-            if key in self._pulls:
-                continue
-            if not retry_given_up and self._not_before.get(key, 0) > now:
-                continue
-            self._pulls[key] = asyncio.create_task(self._pull(image), name=f"pull {key}")
+            self._pulls[key] = asyncio.create_task(self._pull(image, order[key]),
+                                                   name=f"pull {key}")
         desired_keys = {_key(d) for d in self._desired}
         for key, task in list(self._pulls.items()):
             if key not in desired_keys:
@@ -293,7 +361,7 @@ class PrewarmEngine:
 
     # ------------------------------------------------------------------ pulls
 
-    async def _pull(self, image: DesiredImage) -> None:
+    async def _pull(self, image: DesiredImage, order: int) -> None:
         """Pull one image with retries; always ends in PRESENT, FAILED or SKIPPED."""
         key = _key(image)
         state = self._states.get(key) or ImageState(image=key)
@@ -302,8 +370,10 @@ class PrewarmEngine:
         self._change(state, PENDING, reason=None, message="")
         try:
             for attempt in range(self.config.max_retries + 1):
-                async with self._slots:
-                    reason = await self._attempt(image, state)
+                prepared = self._prepared.pop(key, None) or await self._prepare(image)
+                candidate = plan.Candidate(image.priority, order, prepared.layers)
+                async with self._slots.slot(key, candidate):
+                    reason = await self._attempt(image, state, prepared)
                 if reason is None or reason == "disk_guard":
                     return
                 if reason not in RETRYABLE or attempt == self.config.max_retries:
@@ -333,15 +403,26 @@ class PrewarmEngine:
         state.finished_at = time.time()
         self._change(state, FAILED, reason=reason, message=f"{state.message}{attempts}")
 
-    async def _attempt(self, image: DesiredImage, state: ImageState) -> str | None:
+    async def _prepare(self, image: DesiredImage) -> _Prepared:
+        """Credentials and the manifest's layers, before taking a pull slot."""
+        try:
+            auth = await self._credentials(image)
+        except NodeagentError as exc:  # docker config, credential provider plugin
+            return _Prepared(None, None, f"credentials for {_key(image)}: {exc}")
+        return _Prepared(auth, await self._resolve(image, auth))
+
+    async def _attempt(
+        self, image: DesiredImage, state: ImageState, prepared: _Prepared
+    ) -> str | None:
         """One attempt; returns None on success, else the failure reason."""
         state.attempts += 1
         state.phase = "resolving"
         self._change(state, PULLING, reason=None, message="")
-        auth: AuthConfig | None = None
+        if prepared.error is not None:
+            return self._failed(state, "auth", prepared.error)
+        auth = prepared.auth
         try:
-            auth = await self._credentials(image)
-            return await self._attempt_with(image, state, auth)
+            return await self._attempt_with(image, state, auth, prepared.layers)
         except _Stalled:
             return self._failed(state, "stalled", (
                 f"no progress for {self.config.stall_timeout_s:g}s while downloading "
@@ -352,14 +433,12 @@ class PrewarmEngine:
             return self._failed(state, "containerd_unavailable", str(exc))
         except ContainerdError as exc:
             return self._failed(state, "other", scrub(str(exc), auth))
-        except NodeagentError as exc:  # keyring: docker config, credential provider
-            return self._failed(state, "auth", f"credentials for {state.image}: {exc}")
 
     async def _attempt_with(
-        self, image: DesiredImage, state: ImageState, auth: AuthConfig | None
+        self, image: DesiredImage, state: ImageState, auth: AuthConfig | None,
+        layers: dict[str, int] | None,
     ) -> str | None:
         key = _key(image)
-        layers = await self._resolve(image, auth, state)
         progress = await self.monitor.track(key, layers)
         state.bytes_total = progress.total
         state.bytes_done = progress.bytes_done
@@ -400,7 +479,7 @@ class PrewarmEngine:
         return await self.keyring.credentials_for(image.reference)
 
     async def _resolve(
-        self, image: DesiredImage, auth: AuthConfig | None, state: ImageState
+        self, image: DesiredImage, auth: AuthConfig | None
     ) -> dict[str, int] | None:
         """Layer digests and sizes from the registry, or None (progress without total)."""
         from nodeagent.prewarm.registry import resolve_manifest
@@ -412,9 +491,8 @@ class PrewarmEngine:
             )
         except (Exception, TimeoutError) as exc:
             log.info("cannot read the manifest; progress will show bytes without a total",
-                     extra=fields(image=state.image, error=redact_text(scrub(str(exc), auth))))
+                     extra=fields(image=_key(image), error=redact_text(scrub(str(exc), auth))))
             return None
-        state.digest = state.digest or resolved.index_digest or resolved.manifest_digest
         layers: dict[str, int] = {}
         for digest, size in resolved.layers:
             layers[digest] = size

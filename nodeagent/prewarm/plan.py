@@ -13,7 +13,7 @@ pins its sandbox image itself) carries no marker and is left alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -189,3 +189,30 @@ def _dedup(updates: list[LabelUpdate]) -> list[LabelUpdate]:
             seen.add(u.name)
             out.append(u)
     return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pull waiting for a slot: its priority, hot-list position and layers (if known)."""
+
+    priority: int
+    order: int
+    layers: Mapping[str, int] | None  # digest -> compressed size
+
+
+def pick_next(waiting: Sequence[Candidate], busy_layers: Mapping[str, int]) -> int:
+    """Index of the waiting pull to start next.
+
+    Highest priority first, always. Among equal priorities, prefer the image sharing the
+    fewest layer bytes with pulls in flight: containerd downloads and unpacks a shared
+    layer once, so a second image needing it would mostly wait (and, once the first is
+    done, will need much less work). Ties keep hot-list order.
+    """
+    top = max(c.priority for c in waiting)
+
+    def cost(i: int) -> tuple[int, int]:
+        layers = waiting[i].layers or {}
+        shared = sum(size for digest, size in layers.items() if digest in busy_layers)
+        return shared, waiting[i].order
+
+    return min((i for i, c in enumerate(waiting) if c.priority == top), key=cost)
