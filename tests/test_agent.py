@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from agent_helpers import (
@@ -26,6 +32,7 @@ from agent_helpers import (
 from kubeapi import KubeApiDouble
 from prewarm_helpers import PausableProxy
 
+from nodeagent.containerd.client import ContainerdClient
 from nodeagent.kube.taint import TaintSpec
 from nodeagent.prewarm.hotlist import HOTIMAGESET_OBJECT_SCHEMA
 
@@ -195,3 +202,140 @@ async def test_pull_secret_from_the_api(api, containerd, auth_sample_images, aut
         await eventually(lambda: _pinned_is(run.containerd, {image.digest}), what="auth pull")
     leaked = [e for e in events(api) if auth_credentials.password in json.dumps(e)]
     assert not leaked
+
+
+async def test_rollout_limit_holds_across_agents(api, tmp_path, registry, image_pusher):
+    """Four agents (nodes) on one machine, each with its own containerd, rollout limit 2:
+    at most 2 of them hold a pull slot for the image at any moment, all end up with it."""
+    from nodeagent.sandbox.containerd import PrivateContainerd
+
+    image = image_pusher("rollout", sizes=[3 << 20])
+    proxy = PausableProxy(registry.host, rate_bps=6 << 20)  # ~0.5 s per pull
+    ref = image.ref.replace(registry.host, proxy.host)
+    api.create("hotimagesets", hot_set("wide", ref), group=GROUP)
+    daemons = [PrivateContainerd(tmp_path / f"c{i}") for i in range(4)]
+    holders: set[str] = set()
+    peak = {"gates": 0, "leases": 0}
+    try:
+        for i, daemon in enumerate(daemons):
+            daemon.start()
+            add_node(api, f"n{i}")
+        async with contextlib.AsyncExitStack() as stack:
+            runs = []
+            for i, daemon in enumerate(daemons):
+                config = agent_config(f"n{i}", daemon.address, rollout_limit=2,
+                                      lease_namespace="nodeagent", lease_duration_s=5)
+                runs.append(await stack.enter_async_context(running_agent(api, config)))
+            for run in runs:
+                run.agent.engine.pull_gate = _recording(run.agent.engine.pull_gate,
+                                                        run.agent.config.node_name,
+                                                        holders, peak)
+            sampler = asyncio.create_task(_sample_lease_holders(api, peak))
+            for run in runs:
+                await eventually(lambda run=run: _pinned_is(run.containerd, {image.digest}),
+                                 timeout=60, what=f"{run.agent.config.node_name} pulled")
+            sampler.cancel()
+        assert peak["gates"] == 2, peak  # the limit was reached and never exceeded
+        assert 1 <= peak["leases"] <= 2, peak
+        leases = api.list("leases", "nodeagent", "coordination.k8s.io")
+        assert len(leases) == 2 and not any(lease["spec"].get("holderIdentity")
+                                            for lease in leases)
+    finally:
+        proxy.close()
+        for daemon in daemons:
+            daemon.stop()
+
+
+def _recording(gate, name: str, holders: set[str], peak: dict):
+    @contextlib.asynccontextmanager
+    async def recorded(image: str):
+        async with gate(image):
+            holders.add(name)
+            peak["gates"] = max(peak["gates"], len(holders))
+            try:
+                yield
+            finally:
+                holders.discard(name)
+    return recorded
+
+
+async def _sample_lease_holders(api: KubeApiDouble, peak: dict) -> None:
+    while True:
+        held = [lease for lease in api.list("leases", "nodeagent", "coordination.k8s.io")
+                if lease["spec"].get("holderIdentity")]
+        peak["leases"] = max(peak["leases"], len(held))
+        await asyncio.sleep(0.01)
+
+
+async def test_sigterm_mid_pull_exits_cleanly(api, containerd, registry, image_pusher,
+                                              tmp_path):
+    """The real `nodeagent agent` process: health endpoints, then SIGTERM while a pull is
+    in flight -> exit 0 promptly, the download stops, nothing half-labelled."""
+    image = image_pusher("sigterm", sizes=[8 << 20])
+    proxy = PausableProxy(registry.host, rate_bps=1 << 20)  # ~8 s: SIGTERM lands mid-pull
+    ref = image.ref.replace(registry.host, proxy.host)
+    add_node(api, "n1")
+    api.create("hotimagesets", hot_set("big", ref), group=GROUP)
+    log_file = tmp_path / "agent.log"
+    cmd = [sys.executable, "-m", "nodeagent.cli", "--log-format", "json", "agent",
+           "--server", api.url, "--node-name", "n1", "--containerd-address", containerd.address,
+           "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--startup-taint", "",
+           "--credential-provider-config", str(tmp_path / "absent.json")]
+    client = ContainerdClient(containerd.address)
+    await client.connect()
+    with open(log_file, "wb") as log_out:
+        proc = subprocess.Popen(cmd, stdout=log_out, stderr=subprocess.STDOUT)
+    try:
+        port = await _metrics_port(log_file)
+        await eventually(lambda: _http(port, "/readyz")[0] == 200, what="ready")
+        assert _http(port, "/healthz")[0] == 200
+        status, body = _http(port, "/metrics")
+        assert status == 200 and b"nodeagent_agent_hotimagesets" in body
+        await eventually(client.list_ingests, what="download in flight")
+        assert await client.image_status(ref) is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+        assert code == 0, log_file.read_text()[-3000:]
+        assert time.monotonic() - started < 10
+        sent = proxy.sent
+        await asyncio.sleep(1.5)
+        assert proxy.sent == sent, "containerd kept downloading after the agent stopped"
+        assert await client.list_ingests() == []  # no in-flight (or orphaned) ingest left
+        assert await client.image_status(ref) is None  # not half-pulled into an image
+        records = [r for r in await client.list_image_records()
+                   if r.target_digest == image.digest]
+        assert not records  # no record exists, so none is half-labelled
+        lines = [json.loads(line) for line in log_file.read_text().splitlines()
+                 if line.startswith("{")]
+        assert any(line["msg"] == "agent stopped" for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.close()
+        await client.close()
+
+
+async def _metrics_port(log_file) -> int:
+    port: list[int] = []
+
+    def find() -> bool:
+        for line in log_file.read_text().splitlines():
+            if line.startswith("{") and "serving /metrics" in line:
+                port.append(json.loads(line)["port"])
+                return True
+        return False
+
+    await eventually(find, what="metrics server")
+    return port[0]
+
+
+def _http(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
