@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_build(actions)
     _register_list(actions)
     _register_prune(actions)
+    _register_hydrate(subparsers)
 
 
 # ---------------------------------------------------------------------- arguments
@@ -174,6 +175,39 @@ def _register_prune(actions: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _add_aws_arguments(p)
     p.set_defaults(func=prune_handler)
+
+
+def _register_hydrate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "hydrate", help="read the hot images' blocks after a restore from snapshot",
+        description="A volume restored from an EBS snapshot loads each block from S3 on "
+                    "first read. Read containerd's metadata, then each hot image's unpacked "
+                    "layers and blobs (highest priority first, several files in parallel), "
+                    "then optionally the whole device, with a rate limit, so the first pod "
+                    "start does not pay that latency. Images: --image and -f, else every "
+                    "image nodeagent pinned.",
+    )
+    p.add_argument("-f", "--file", dest="files", action="append", type=Path, default=[],
+                   metavar="FILE", help="HotImageSet file(s): their images and priorities")
+    p.add_argument("--node-labels", metavar="K=V,...",
+                   help="evaluate the sets' nodeSelectors (default: take every set)")
+    p.add_argument("--image", dest="images", action="append", default=[], metavar="REF",
+                   help="an image to hydrate (repeatable; earlier ones first, before -f)")
+    p.add_argument("--containerd-root", default=DEFAULT_ROOT, metavar="DIR",
+                   help=f"containerd's root directory (default {DEFAULT_ROOT})")
+    p.add_argument("--host-root", default="", metavar="DIR",
+                   help="where the host's / is mounted, when running in a container")
+    p.add_argument("--rate", default="", metavar="RATE",
+                   help="read at most RATE bytes/s, e.g. 200MiB (default: unlimited)")
+    p.add_argument("--workers", type=int, default=4, metavar="N",
+                   help="files read in parallel (default 4)")
+    p.add_argument("--full-device", nargs="?", const="auto", default=None, metavar="DEVICE",
+                   help="afterwards read the whole block device sequentially (default: the "
+                        "device mounted at the containerd root)")
+    p.add_argument("--progress", choices=["auto", "live", "log"], default="auto")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    add_address_argument(p)
+    p.set_defaults(func=hydrate_handler)
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -461,3 +495,118 @@ def prune_table(decisions: Sequence[PruneDecision]) -> str:
                      s.start_time.strftime("%Y-%m-%d %H:%M"), _short_digest(s.hotlist_digest),
                      d.reason))
     return _table(rows)
+
+
+# ---------------------------------------------------------------------- hydrate
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def parse_rate(text: str) -> float | None:
+    """"200MiB", "150M", "1.5GiB/s", "1048576" -> bytes/s; "" -> None (unlimited)."""
+    raw = text.strip().lower().removesuffix("/s")
+    if not raw:
+        return None
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise UsageError(f"--rate {text!r}: expected a number with an optional unit "
+                         "(K, M, G, KiB, MiB, GiB), e.g. 200MiB") from None
+    if value <= 0:
+        raise UsageError(f"--rate {text!r}: must be positive")
+    return value
+
+
+def hydrate_images(args: argparse.Namespace) -> list[Any] | None:
+    """Images from --image then -f (priorities kept above every -f one), or None: pinned."""
+    from nodeagent.snapshot.hydrate import HotImage
+
+    images: list[HotImage] = []
+    desired: list[DesiredImage] = []
+    if args.files:
+        from nodeagent.prewarm import commands as prewarm_cmd
+
+        args.all_sets = args.node_labels is None
+        desired = prewarm_cmd.load_desired(args)
+    top = max((d.priority for d in desired), default=0)
+    count = len(args.images)
+    images += [HotImage(ref, top + count - i) for i, ref in enumerate(args.images)]
+    images += [HotImage(str(d.reference), d.priority) for d in desired]
+    return images or None
+
+
+async def _pinned_images(client: ContainerdClient) -> list[Any]:
+    from nodeagent.prewarm import plan
+    from nodeagent.snapshot.hydrate import HotImage
+
+    records = await client.list_image_records()
+    images = []
+    for target, recs in sorted(plan.group_by_target(records).items(),
+                               key=lambda kv: plan.display_name(kv[1])):
+        if any(r.labels.get(plan.PINNED_LABEL) == plan.MARKER_VALUE for r in recs):
+            images.append(HotImage(plan.display_name(recs), 0, target))
+    return images
+
+
+def hydrate_handler(args: argparse.Namespace) -> int:
+    from nodeagent.snapshot.hydrate import HydrateOptions
+    from nodeagent.snapshot.volume import mounted_device
+
+    rate = parse_rate(args.rate)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    images = hydrate_images(args)
+    device = args.full_device
+    if device == "auto":
+        device = mounted_device(args.host_root + args.containerd_root
+                                if args.host_root else args.containerd_root)
+    options = HydrateOptions(containerd_root=args.containerd_root, host_root=args.host_root,
+                             workers=args.workers, rate_bps=rate, full_device=device)
+    live = {"auto": sys.stderr.isatty(), "live": True, "log": False}[args.progress]
+    report = asyncio.run(_hydrate(args.containerd_address, images, options, live))
+    _print_hydrate(report, args.output)
+    return 1 if report.problems or report.hot.errors else 0
+
+
+async def _hydrate(address: str, images: list[Any] | None, options: Any, live: bool) -> Any:
+    from nodeagent.containerd.client import ContainerdClient
+    from nodeagent.snapshot.hydrate import hydrate
+    from nodeagent.snapshot.hydrate_progress import make_progress
+
+    progress = make_progress(live)
+    try:
+        async with ContainerdClient(address) as client:
+            if images is None:
+                images = await _pinned_images(client)
+                if not images:
+                    log.warning("no image pinned by nodeagent: only containerd's metadata "
+                                "is read (pass --image or -f)")
+            return await hydrate(client, images, options, progress)
+    finally:
+        progress.close()
+
+
+def _print_hydrate(report: Any, output: str) -> None:
+    def phase(stats: Any) -> dict[str, Any]:
+        rate = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
+        return {"files": stats.files, "bytes": stats.bytes, "seconds": round(stats.seconds, 3),
+                "bytesPerSecond": round(rate), "errors": stats.errors}
+
+    if output == "json":
+        print(json.dumps({
+            "images": report.images, "hot": phase(report.hot),
+            "device": phase(report.device) if report.device else None,
+            "problems": report.problems,
+        }, indent=2))
+        return
+    for name, stats in (("hot images", report.hot), ("device", report.device)):
+        if stats is None:
+            continue
+        rate = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
+        print(f"hydrated {name}: {stats.files} file(s), {fmt_bytes(stats.bytes)} in "
+              f"{stats.seconds:.1f}s ({rate / 2**20:.1f} MiB/s)")
+    for problem in report.problems + report.hot.errors:
+        print(f"  problem: {problem}")

@@ -211,3 +211,21 @@ def discover_volume(
     device = describe_disk(_disk_dir(Path(sysfs), mount.major, mount.minor))
     disk = pick_ebs_disk(device, str(path))
     return VolumeTarget(path=real, mount=mount, device=disk, volume_id=disk.volume_id)
+
+
+def mounted_device(
+    path: str | os.PathLike[str],
+    sysfs: str | os.PathLike[str] = "/sys",
+    mountinfo: str | os.PathLike[str] = "/proc/self/mountinfo",
+) -> str:
+    """The /dev node of the block device mounted where ``path`` lives (partition or disk)."""
+    real = os.path.realpath(path)
+    mount = find_mount(parse_mountinfo(Path(mountinfo).read_text()), real)
+    if mount.major == 0:
+        raise VolumeError(f"{path} is on {mount.fstype}, which is not a block device")
+    uevent = Path(sysfs) / "dev" / "block" / mount.dev / "uevent"
+    for line in _read_attr(uevent.parent, "uevent").splitlines():
+        key, _, value = line.partition("=")
+        if key == "DEVNAME" and value:
+            return "/dev/" + value
+    raise VolumeError(f"{path}: no device name for block device {mount.dev} in {uevent}")
