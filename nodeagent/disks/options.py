@@ -72,9 +72,11 @@ def _check(opts: Options) -> None:
         raise UsageError(f"--strategy {opts.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if opts.filesystem not in FILESYSTEMS:
         raise UsageError(f"--filesystem {opts.filesystem!r}: choose xfs or ext4")
-    for path in (opts.mount_path, opts.units_dir, *opts.binds):
+    named = [("--mount-path", opts.mount_path), ("--units-dir", opts.units_dir),
+             *(("--bind", b) for b in opts.binds)]
+    for flag, path in named:
         if not path.startswith("/") or "\n" in path:
-            raise UsageError(f"{path!r} must be an absolute path")
+            raise UsageError(f"{flag} {path}: must be an absolute path")
     for path in opts.binds:
         if os.path.normpath(path) in ("/", "/var", "/usr", "/etc"):
             raise UsageError(f"--bind {path}: refusing to move a system directory")

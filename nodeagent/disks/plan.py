@@ -214,6 +214,7 @@ def _plan_array_strategy(facts: Facts, opts: Options, plan: Plan,
         else:
             usable.append(c)
     if plan.refusals:
+        _note_unused(plan, usable)
         return
     if ours_active:
         _reuse_array(plan, opts, ours_active[0], usable)
@@ -228,6 +229,13 @@ def _plan_array_strategy(facts: Facts, opts: Options, plan: Plan,
         _single_disk_fs(plan, opts, ours_fs, fresh)
         return
     _new_volume(plan, opts, fresh)
+
+
+def _note_unused(plan: Plan, usable: list[Candidate]) -> None:
+    for c in usable:
+        plan.decisions.append(DiskDecision(c.disk.name, False,
+                                           f"eligible ({c.sig.describe()}), but setup is "
+                                           "refused"))
 
 
 def _md_groups(usable: list[Candidate], opts: Options) -> dict[str, list[Candidate]]:
@@ -402,6 +410,7 @@ def _plan_mount_strategy(facts: Facts, opts: Options, plan: Plan,
         else:
             _refuse_disk(plan, c, _foreign(c, opts) or f"carries {c.sig.describe()}")
     if plan.refusals:
+        _note_unused(plan, [*taken.values(), *fresh])
         return
     if not taken and not fresh:
         plan.notes.append("no instance-store disks to use: nothing to do")
@@ -469,8 +478,12 @@ def _plan_binds(facts: Facts, opts: Options, plan: Plan) -> None:
                                  "directory: not moving it")
             continue
         copy = _copy_mode(facts, volume, target, state.exists)
-        plan.binds.append(BindDecision(path, target, "to-bind", copy))
+        plan.binds.append(BindDecision(path, target, "to-bind", COPY_REASONS[copy]))
         plan.steps.append(st.MoveDir(path, target, copy, opts.owners(path)))
+
+
+COPY_REASONS = {"yes": "its content is copied first", "no": "nothing to copy",
+                "if-missing": "copied first unless the volume already has it"}
 
 
 def _copy_mode(facts: Facts, volume: Volume, target: str, source_exists: bool) -> str:

@@ -38,9 +38,13 @@ def running_services(host: Host, units: Sequence[str], systemd: bool) -> dict[st
 
 
 def _process_names(host: Host) -> set[str]:
-    proc = host.path("/proc") if host.in_container else "/proc"
+    proc = host.path("/proc")
     names = set()
-    for pid in os.listdir(proc):
+    try:
+        pids = os.listdir(proc)
+    except OSError:
+        return names
+    for pid in pids:
         if pid.isdigit():
             try:
                 with open(f"{proc}/{pid}/comm") as f:

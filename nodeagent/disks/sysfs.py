@@ -45,6 +45,11 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+def _identity(disk_dir: Path, attr: str) -> str:
+    # NVMe and SCSI keep model/serial on the parent device; virtio-blk on the disk itself.
+    return read_attr(disk_dir / "device" / attr) or read_attr(disk_dir / attr)
+
+
 def device_from_dir(disk_dir: Path, model: str = "", serial: str = "") -> BlockDevice:
     """Build a BlockDevice from one /sys/block/<name> directory."""
     parts = _partitions(disk_dir)
@@ -55,8 +60,8 @@ def device_from_dir(disk_dir: Path, model: str = "", serial: str = "") -> BlockD
         name=disk_dir.name,
         devnum=read_attr(disk_dir / "dev"),
         size_bytes=_int_attr(disk_dir / "size") * SECTOR,
-        model=model or read_attr(disk_dir / "device" / "model"),
-        serial=serial or read_attr(disk_dir / "device" / "serial"),
+        model=model or _identity(disk_dir, "model"),
+        serial=serial or _identity(disk_dir, "serial"),
         readonly=read_attr(disk_dir / "ro") == "1",
         removable=read_attr(disk_dir / "removable") == "1",
         hidden=read_attr(disk_dir / "hidden") == "1",
@@ -80,12 +85,13 @@ def read_pyudev() -> list[BlockDevice]:
     context = pyudev.Context()
     devices = []
     for dev in context.list_devices(subsystem="block", DEVTYPE="disk"):
-        parent = dev.find_parent("nvme")
-        attrs = parent.attributes if parent is not None else dev.attributes
+        # An NVMe namespace's model and serial are its controller's attributes.
+        ctrl = dev.find_parent("nvme")
+        attrs = ctrl.attributes if ctrl is not None else None
         devices.append(device_from_dir(
             Path(dev.sys_path),
-            model=_udev_attr(attrs, "model"),
-            serial=_udev_attr(attrs, "serial"),
+            model=_udev_attr(attrs, "model") if attrs else "",
+            serial=_udev_attr(attrs, "serial") if attrs else "",
         ))
     return sorted(devices, key=lambda d: d.name)
 

@@ -1,0 +1,62 @@
+"""Build the disks-only single-file zipapp: `python -m nodeagent.disks.zipapp OUT.pyz`.
+
+The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, log) and
+nodeagent/disks: standard library only. It runs with any python3 >= 3.11 on the host,
+`./nodeagent.pyz disks setup`, which is how the boot service runs on nodes that do not
+have nodeagent's Python dependencies.
+
+pyudev is not vendored: it needs libudev through ctypes anyway, and discovery reads the
+same sysfs attributes directly when pyudev is missing (see sysfs.py), so the zipapp has
+one dependency fewer to break at boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import zipapp
+from pathlib import Path
+
+import nodeagent
+
+CORE = ("__init__.py", "cli.py", "errors.py", "log.py")
+MAIN = '''"""nodeagent (disks-only build)."""
+import sys
+
+from nodeagent.cli import main
+
+sys.exit(main(modules=("nodeagent.disks.commands",)))
+'''
+
+
+def build(out: Path, interpreter: str = "/usr/bin/env python3") -> Path:
+    package = Path(nodeagent.__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "nodeagent" / "disks").mkdir(parents=True)
+        for name in CORE:
+            shutil.copy2(package / name, root / "nodeagent" / name)
+        for src in sorted((package / "disks").glob("*.py")):
+            shutil.copy2(src, root / "nodeagent" / "disks" / src.name)
+        (root / "__main__.py").write_text(MAIN)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        zipapp.create_archive(root, out, interpreter=interpreter, compressed=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodeagent.disks.zipapp",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="archive to write, e.g. nodeagent.pyz")
+    parser.add_argument("--python", default="/usr/bin/env python3",
+                        help="interpreter line (default: /usr/bin/env python3)")
+    args = parser.parse_args(argv)
+    path = build(args.out, args.python)
+    print(f"{path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
