@@ -1,0 +1,220 @@
+"""The DaemonSet manifests in daemonset/: they parse, carry what the agent needs, the CRD
+is the hot list's own schema, and RBAC grants exactly the API calls the agent makes.
+
+RBAC is checked against the calls recorded by tests/kubeapi.py, a TEST DOUBLE of the
+Kubernetes API server (no real API server can be installed here), while a real agent
+runs every code path that talks to the API (watches, status, taint, Events, Leases,
+pull secrets) with a real containerd and registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from agent_helpers import GROUP, add_node, agent_config, events, eventually, hot_set, running_agent
+from kubeapi import KubeApiDouble, RbacRule, Request, rbac_allows, validate_openapi
+
+from nodeagent.cli import build_parser
+from nodeagent.kube.commands import agent_config as cli_agent_config
+from nodeagent.kube.crd import crd_manifest
+from nodeagent.kube.taint import TaintSpec
+from nodeagent.prewarm.hotlist import (
+    HOTIMAGESET_OBJECT_SCHEMA,
+    HOTIMAGESET_OPENAPI_SCHEMA,
+    parse_hotimageset,
+)
+
+ROOT = Path(__file__).resolve().parent.parent / "daemonset"
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "DaemonSet", "Service",
+              "ServiceMonitor"}
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def all_documents() -> list[tuple[Path, dict]]:
+    """Every Kubernetes object under daemonset/ (kustomization.yaml is kustomize's own)."""
+    return [(p, d) for p in sorted(ROOT.rglob("*.yaml")) if p.name != "kustomization.yaml"
+            for d in documents(p)]
+
+
+def one(kind: str) -> dict:
+    [doc] = [d for _, d in all_documents() if d["kind"] == kind]
+    return doc
+
+
+def test_every_manifest_parses_and_has_required_fields():
+    docs = all_documents()
+    assert len(docs) >= 12
+    for path, doc in docs:
+        where = f"{path.name}: {doc.get('kind')}"
+        assert doc.get("apiVersion") and doc.get("kind"), where
+        assert doc.get("metadata", {}).get("name"), where
+        if doc["kind"] in NAMESPACED:
+            assert doc["metadata"].get("namespace"), where
+
+
+def test_kustomization_lists_the_install():
+    kust = yaml.safe_load((ROOT / "kustomization.yaml").read_text())
+    for name in kust["resources"]:
+        assert (ROOT / name).is_file(), name
+    kinds = {d["kind"] for name in kust["resources"] for d in documents(ROOT / name)}
+    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
+            "ClusterRoleBinding", "Role", "RoleBinding", "DaemonSet", "Service"} <= kinds
+
+
+def test_crd_is_the_hotlist_schema():
+    crd = one("CustomResourceDefinition")
+    assert crd == crd_manifest(), "regenerate: python -m nodeagent.kube.crd > daemonset/crd.yaml"
+    assert crd["spec"]["scope"] == "Cluster"
+    [version] = crd["spec"]["versions"]
+    assert (crd["spec"]["group"], version["name"]) == ("nodeagent.io", "v1alpha1")
+    schema = version["schema"]["openAPIV3Schema"]
+    assert schema == HOTIMAGESET_OBJECT_SCHEMA
+    assert schema["properties"]["spec"] == HOTIMAGESET_OPENAPI_SCHEMA
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Priority", "Pin", "Age"} <= columns
+
+
+def test_example_hotimageset_is_valid_and_malformed_ones_are_rejected():
+    example = one("HotImageSet")
+    crd_schema = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert validate_openapi(crd_schema, example) == []
+    assert parse_hotimageset(example, "example").name == "gpu-base"
+    bad = json.loads(json.dumps(example))
+    bad["spec"]["images"][0] = {"image": 42, "required": "yes"}
+    bad["spec"]["priority"] = "high"
+    problems = {path for path, _ in validate_openapi(crd_schema, bad)}
+    assert {"spec.images[0].image", "spec.images[0].required", "spec.priority"} <= problems
+
+
+def test_daemonset_has_what_the_agent_needs():
+    ds = one("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["serviceAccountName"] == one("ServiceAccount")["metadata"]["name"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["hostPID"] is True  # disks setup: nsenter into the host
+    assert container["securityContext"]["privileged"] is True
+    assert container["resources"]["requests"]["memory"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    taint = TaintSpec.parse(env["NODEAGENT_STARTUP_TAINT"]["value"])
+    assert any(t.get("key") == taint.key and t.get("operator") == "Exists"
+               for t in pod["tolerations"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for path in ("/run/containerd", "/dev", "/sys", "/run/udev", "/var/lib/nodeagent"):
+        assert path in mounts, path
+    provider = Path(env["NODEAGENT_CREDENTIAL_PROVIDER_CONFIG"]["value"])
+    assert mounts[str(provider.parent)]["readOnly"] is True
+    port = container["ports"][0]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    service = one("Service")
+    assert service["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+
+
+def test_daemonset_arguments_and_env_are_accepted_by_the_cli(monkeypatch):
+    container = one("DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    for item in container["env"]:
+        monkeypatch.setenv(item["name"], item.get("value", "node-from-downward-api"))
+    args = build_parser().parse_args(container["args"])
+    config = cli_agent_config(args)
+    assert config.node_name == "node-from-downward-api"
+    assert str(config.startup_taint) == "nodeagent.io/not-ready:NoSchedule"
+    assert config.disks_setup_args == ["--strategy", "raid0"]
+    assert args.metrics_port == container["ports"][0]["containerPort"]
+
+
+def test_dockerfile_builds_the_agent_image():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.M)
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for item in source.split():
+            assert (ROOT.parent / item).exists(), item
+    assert 'ENTRYPOINT ["nodeagent"]' in text and 'CMD ["agent"]' in text
+
+
+# -- RBAC covers exactly what the agent does ---------------------------------------------
+
+
+def rbac_rules() -> list[tuple[str | None, list[RbacRule]]]:
+    """(namespace or None for cluster-wide, rules) for every role bound to the agent."""
+    sa = one("ServiceAccount")["metadata"]
+    bound = {(b["roleRef"]["kind"], b["roleRef"]["name"], b["metadata"].get("namespace"))
+             for _, b in all_documents() if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+             and {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+             in b["subjects"]}
+    out = []
+    for _, doc in all_documents():
+        if doc["kind"] not in ("ClusterRole", "Role"):
+            continue
+        ns = doc["metadata"].get("namespace")
+        if (doc["kind"], doc["metadata"]["name"], ns) not in bound:
+            continue
+        rules = [RbacRule(r["apiGroups"], r["resources"], r["verbs"],
+                          r.get("resourceNames", [])) for r in doc["rules"]]
+        out.append((ns, rules))
+    return out
+
+
+def allowed(req: Request, roles) -> bool:
+    return any(rbac_allows(rules, req) for ns, rules in roles
+               if ns is None or ns == req.namespace)
+
+
+@pytest.fixture
+def api():
+    with KubeApiDouble(crd_schema=HOTIMAGESET_OBJECT_SCHEMA) as server:
+        yield server
+
+
+async def test_rbac_allows_every_call_the_agent_makes_and_nothing_more(
+        api, containerd, auth_sample_images, auth_credentials):
+    image = auth_sample_images["python"]
+    host = image.ref.split("/", 1)[0]
+    config_json = {"auths": {host: {"username": auth_credentials.username,
+                                    "password": auth_credentials.password}}}
+    secret_role = documents(ROOT / "examples" / "pull-secret-role.yaml")[0]
+    secret_ns = secret_role["metadata"]["namespace"]
+    [secret_name] = secret_role["rules"][0]["resourceNames"]
+    api.create("secrets", {"metadata": {"name": secret_name, "namespace": secret_ns},
+                           "type": "kubernetes.io/dockerconfigjson",
+                           "data": {".dockerconfigjson": base64.b64encode(
+                               json.dumps(config_json).encode()).decode()}})
+    add_node(api, "n1", taints=[{"key": "nodeagent.io/not-ready", "effect": "NoSchedule"}])
+    api.create("hotimagesets", hot_set("private", image.ref, required=True, imagePullSecrets=[
+        {"name": secret_name, "namespace": secret_ns}]), group=GROUP)
+    lease_ns = lease_role_namespace()
+    config = agent_config("n1", containerd.address, rollout_limit=1, lease_namespace=lease_ns,
+                          startup_taint=TaintSpec.parse("nodeagent.io/not-ready:NoSchedule"))
+    async with running_agent(api, config):
+        await eventually(lambda: events(api, "StartupTaintRemoved"), what="taint removed")
+        await eventually(lambda: events(api, "ImagesPrewarmed"), what="prewarmed")
+    calls = [r for r in api.requests if r.status < 400 or r.status in (404, 409, 422)]
+    assert calls
+    secret_rules = [RbacRule(r["apiGroups"], r["resources"], r["verbs"],
+                             r.get("resourceNames", [])) for r in secret_role["rules"]]
+    roles = [*rbac_rules(), (secret_ns, secret_rules)]
+    denied = sorted({(r.verb, r.group, r.resource, r.subresource, r.namespace) for r in calls
+                     if not allowed(r, roles)})
+    assert not denied, f"calls the RBAC manifests do not allow: {denied}"
+    used = {(r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource, r.verb)
+            for r in calls}
+    granted = {(g, res, v) for _, rules in roles for rule in rules for g in rule.api_groups
+               for res in rule.resources for v in rule.verbs}
+    assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
+
+
+def lease_role_namespace() -> str:
+    [ns] = [d["metadata"]["namespace"] for _, d in all_documents() if d["kind"] == "Role"
+            and any("leases" in r["resources"] for r in d["rules"])]
+    return ns
