@@ -162,8 +162,8 @@ async def test_startup_taint_removed_when_required_images_present(api, container
         proxy.close()
 
 
-def _has_taint(api: KubeApiDouble) -> bool:
-    return any(t["key"] == TAINT for t in api.get("nodes", "n1")["spec"].get("taints", []))
+def _has_taint(api: KubeApiDouble, node: str = "n1") -> bool:
+    return any(t["key"] == TAINT for t in api.get("nodes", node)["spec"].get("taints", []))
 
 
 async def test_startup_taint_removed_on_timeout_with_reason(api, containerd, registry):
@@ -339,3 +339,49 @@ def _http(port: int, path: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except OSError:
         return 0, b""
+
+
+def _safe_disks_args(tmp_path) -> list[str]:
+    """disks setup on this test machine: it has no instance store, so nothing to do; the
+    paths point into tmp_path so that even a change in the disks code could not touch the
+    host's units or mounts."""
+    return ["--units-dir", str(tmp_path / "units"), "--mount-path", str(tmp_path / "mnt"),
+            "--no-binds"]
+
+
+async def test_disks_setup_runs_only_while_the_startup_taint_is_on(api, containerd,
+                                                                    sample_images, tmp_path):
+    image = sample_images["python"]
+    add_node(api, "tainted", taints=[{"key": TAINT, "effect": "NoSchedule"}])
+    add_node(api, "serving")
+    api.create("hotimagesets", hot_set("a", image.ref, required=True), group=GROUP)
+    config = agent_config("tainted", containerd.address, startup_taint=TaintSpec.parse(TAINT),
+                          disks_setup_args=_safe_disks_args(tmp_path))
+    async with running_agent(api, config) as run:
+        await eventually(lambda: not _has_taint(api, "tainted"), what="taint removed")
+        assert run.agent.storage.ran_setup and run.agent.storage.ready
+    config = agent_config("serving", containerd.address, startup_taint=TaintSpec.parse(TAINT),
+                          disks_setup_args=_safe_disks_args(tmp_path))
+    async with running_agent(api, config) as run:
+        await eventually(lambda: (condition(api, "serving") or {}).get("status") == "True")
+        assert not run.agent.storage.ran_setup  # workloads may use the disks: hands off
+
+
+async def test_failed_disks_setup_keeps_the_taint_until_timeout(api, containerd,
+                                                                 sample_images, tmp_path):
+    image = sample_images["python"]
+    add_node(api, "n1", taints=[{"key": TAINT, "effect": "NoSchedule"}])
+    api.create("hotimagesets", hot_set("a", image.ref, required=True), group=GROUP)
+    config = agent_config("n1", containerd.address, startup_taint=TaintSpec.parse(TAINT),
+                          startup_taint_timeout_s=4.0,
+                          disks_setup_args=[*_safe_disks_args(tmp_path), "--chunk-kib", "0"])
+    async with running_agent(api, config) as run:
+        await eventually(lambda: (condition(api, "n1") or {}).get("reason")
+                         == "StorageNotReady", what="storage condition")
+        assert "local storage setup failed" in condition(api, "n1")["message"]
+        await eventually(lambda: events(api, "LocalStorageSetupFailed"), what="Event")
+        assert _has_taint(api, "n1")  # images are there, but storage is not
+        await eventually(lambda: not _has_taint(api, "n1"), timeout=10, what="timeout")
+        await eventually(lambda: events(api, "StartupTaintTimeout"), what="timeout Event")
+        assert "local storage is not set up" in events(api, "StartupTaintTimeout")[0]["message"]
+        assert not run.agent.storage.ready
