@@ -286,3 +286,30 @@ async def _run_cli(args: list[str]) -> int:
     import asyncio
 
     return await asyncio.to_thread(main, args)
+
+
+async def test_stop_interrupts_and_once_per_boot(containerd: PrivateContainerd,
+                                                 image_pusher, tmp_path: Path) -> None:
+    from nodeagent.snapshot.hydrate import hydrate_once_per_boot
+
+    big = image_pusher("hydrate-stop", sizes=[4 << 20, 4 << 20])
+    await pull(containerd.address, [big.ref])
+    marker = str(tmp_path / "run" / "hydrated")
+    slow = HydrateOptions(containerd_root=str(containerd.root), rate_bps=2 * 2**20)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    async with ContainerdClient(containerd.address) as client:
+        started = time.monotonic()
+        report = await hydrate_once_per_boot(client, [HotImage(big.ref)], slow, stop=stop,
+                                             marker=marker)
+        assert report is not None and not report.complete
+        assert time.monotonic() - started < 3  # ~8 MiB at 2 MiB/s would take 4+ s
+        assert not os.path.exists(marker)  # interrupted: the next start tries again
+
+        fast = HydrateOptions(containerd_root=str(containerd.root))
+        report = await hydrate_once_per_boot(client, [HotImage(big.ref)], fast,
+                                             marker=marker)
+        assert report is not None and report.complete and report.hot.bytes > 8 << 20
+        assert json.loads(Path(marker).read_text())["bytes"] == report.hot.bytes
+        assert await hydrate_once_per_boot(client, [HotImage(big.ref)], fast,
+                                           marker=marker) is None

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodeagent.errors import NodeagentError
@@ -463,6 +464,7 @@ class HydrateReport:
     hot: ReadStats
     device: ReadStats | None = None
     problems: list[str] = field(default_factory=list)
+    complete: bool = False  # False when stopped before the end
 
 
 async def hydrate(
@@ -501,8 +503,10 @@ async def hydrate(
                 read_device, options.full_device, limiter, options.chunk, progress.read, stop)
             _record("device", report.device)
             progress.done("device", report.device)
-    finally:
+    except BaseException:
         stop.set()  # cancelled (agent shutdown, Ctrl-C): reader threads stop too
+        raise
+    report.complete = not stop.is_set()
     return report
 
 
@@ -525,3 +529,32 @@ def _record(phase: str, stats: ReadStats) -> None:
     log.info("hydration phase finished", extra=fields(
         phase=phase, files=stats.files, bytes=stats.bytes, seconds=round(stats.seconds, 3),
         mib_per_s=round(rate / 2**20, 1), errors=len(stats.errors)))
+
+
+BOOT_MARKER = "/run/nodeagent/hydrated"  # tmpfs on the host: gone after every boot
+
+
+async def hydrate_once_per_boot(
+    client: ContainerdClient,
+    images: Sequence[HotImage],
+    options: HydrateOptions,
+    progress: HydrateProgress | None = None,
+    stop: threading.Event | None = None,
+    marker: str | None = None,
+) -> HydrateReport | None:
+    """The agent's boot-time hydration: run once per boot (agent restarts skip it).
+
+    The marker lives in the host's /run (tmpfs), not on the data volume, so a snapshot
+    never carries it: every node booted from a snapshot hydrates, a restarted agent does
+    not read everything again. Returns None when skipped.
+    """
+    done = Path(marker or options.host_root.rstrip("/") + BOOT_MARKER)
+    if done.exists():
+        log.info("hydration already done this boot", extra=fields(marker=str(done)))
+        return None
+    report = await hydrate(client, images, options, progress, stop)
+    if report.complete:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps({"bytes": report.hot.bytes, "images": report.images,
+                                      "at": time.time()}) + "\n")
+    return report
