@@ -167,6 +167,61 @@ for _state in ("selected", "not_selected", "invalid"):
     AGENT_HOTIMAGESETS.labels(state=_state)
 # ------------------------------------------------------------------ end kube
 
+# ------------------------------------------------------------------ disks (agent export)
+# Set by the agent from nodeagent.disks.status.disk_metrics_snapshot() (sysfs + statvfs).
+DISKS_ARRAYS = Gauge(
+    "nodeagent_disks_arrays", "nodeagent's md arrays present on the node", registry=REGISTRY,
+)
+DISKS_ARRAYS_HEALTHY = Gauge(
+    "nodeagent_disks_arrays_healthy",
+    "Of those, arrays running (clean/active) with no degraded member", registry=REGISTRY,
+)
+DISKS_ARRAY_MEMBERS = Gauge(
+    "nodeagent_disks_array_members", "Member disks of nodeagent's arrays", registry=REGISTRY,
+)
+DISKS_ARRAY_DEGRADED = Gauge(
+    "nodeagent_disks_array_degraded_members",
+    "Missing or failed members of nodeagent's arrays (0 when healthy)", registry=REGISTRY,
+)
+DISKS_VOLUME_CAPACITY = Gauge(
+    "nodeagent_disks_volume_capacity_bytes", "Size of each local volume", ["mountpoint"],
+    registry=REGISTRY,
+)
+DISKS_VOLUME_FREE = Gauge(
+    "nodeagent_disks_volume_free_bytes", "Free bytes of each local volume", ["mountpoint"],
+    registry=REGISTRY,
+)
+DISKS_SETUP_DURATION = Gauge(
+    "nodeagent_disks_setup_duration_seconds", "Wall time of the last disks setup on this boot",
+    registry=REGISTRY,
+)
+DISKS_SETUP_CONVERGED = Gauge(
+    "nodeagent_disks_setup_converged",
+    "1 when the last disks setup left the node as planned, 0 if not, -1 if it never ran",
+    registry=REGISTRY,
+)
+_HEALTHY_MD_STATES = ("clean", "active", "active-idle", "write-pending", "read-auto")
+
+
+def set_disk_metrics(snapshot: dict) -> None:
+    """Export a ``disk_metrics_snapshot()`` result."""
+    arrays = snapshot.get("arrays") or []
+    DISKS_ARRAYS.set(len(arrays))
+    DISKS_ARRAYS_HEALTHY.set(sum(1 for a in arrays if a.get("state") in _HEALTHY_MD_STATES
+                                 and not a.get("degraded")))
+    DISKS_ARRAY_MEMBERS.set(sum(int(a.get("members") or 0) for a in arrays))
+    DISKS_ARRAY_DEGRADED.set(sum(int(a.get("degraded") or 0) for a in arrays))
+    DISKS_VOLUME_CAPACITY.clear()
+    DISKS_VOLUME_FREE.clear()
+    for mount in snapshot.get("mounts") or []:
+        DISKS_VOLUME_CAPACITY.labels(mountpoint=mount["mountpoint"]).set(mount["capacity_bytes"])
+        DISKS_VOLUME_FREE.labels(mountpoint=mount["mountpoint"]).set(mount["free_bytes"])
+    duration = snapshot.get("setup_duration_seconds")
+    DISKS_SETUP_DURATION.set(float(duration) if duration is not None else 0.0)
+    converged = snapshot.get("setup_converged")
+    DISKS_SETUP_CONVERGED.set(-1 if converged is None else int(bool(converged)))
+# ------------------------------------------------------------------ end disks (agent export)
+
 # ------------------------------------------------------------------ hydrate (snapshot)
 HYDRATE_PHASES = ("hot", "device")  # hot images' files; then the whole block device
 HYDRATE_READ_BYTES = Counter(
