@@ -230,7 +230,8 @@ class Agent:
         mirror_stop = asyncio.Event()
         tasks = [asyncio.create_task(self.node_mirror.run(mirror_stop), name="watch-node"),
                  asyncio.create_task(self.sets_mirror.run(mirror_stop), name="watch-sets"),
-                 asyncio.create_task(self._storage(stop), name="storage")]
+                 asyncio.create_task(self._storage(stop), name="storage"),
+                 asyncio.create_task(self._disk_metrics(stop), name="disk-metrics")]
         try:
             await self._control(stop)
         finally:
@@ -397,6 +398,18 @@ class Agent:
             self._start_engine()
             self._wake.set()
 
+    async def _disk_metrics(self, stop: asyncio.Event) -> None:
+        """`disks status` figures as metrics, always (cheap: sysfs and statvfs only)."""
+        while not stop.is_set():
+            try:
+                snapshot = await asyncio.to_thread(disk_snapshot,
+                                                   self.config.disks_setup_args or ())
+                metrics.set_disk_metrics(snapshot)
+            except Exception as exc:  # metrics must never take the agent down
+                log.warning("cannot read local disk status", extra=fields(
+                    error=redact_text(str(exc))))
+            await _wait_any(stop, asyncio.Event(), self.config.disks_status_interval_s)
+
     async def _storage_setup(self) -> None:
         spec, args = self.config.startup_taint, self.config.disks_setup_args
         if args is None:
@@ -414,6 +427,35 @@ class Agent:
             log.error("local storage setup failed", extra=fields(problem=self.storage.problem))
             self.events.emit("Warning", "LocalStorageSetupFailed", self.storage.problem or "",
                              key="disks")
+
+
+def disk_snapshot(setup_args: Sequence[str]) -> dict:
+    """disks.status.disk_metrics_snapshot with the options the setup uses (array name,
+    mount path), seen from wherever we run (host, or the pod through /proc/1/root)."""
+    from nodeagent.disks.host import detect_host
+    from nodeagent.disks.status import disk_metrics_snapshot
+
+    return disk_metrics_snapshot(detect_host(), disks_options(setup_args))
+
+
+def disks_options(setup_args: Sequence[str]) -> Any:
+    """The disks Options that ``disks setup ARGS`` would use; UsageError when invalid."""
+    import io
+    from contextlib import redirect_stderr
+
+    from nodeagent.cli import build_parser
+    from nodeagent.disks.commands import options_from_args
+    from nodeagent.errors import UsageError
+
+    errors = io.StringIO()
+    try:
+        with redirect_stderr(errors):
+            args = build_parser().parse_args(["disks", "setup", *setup_args])
+    except SystemExit:
+        problem = errors.getvalue().strip().splitlines()[-1:] or ["invalid"]
+        raise UsageError(f"disks setup arguments {' '.join(setup_args)!r}: "
+                         f"{problem[0]}") from None
+    return options_from_args(args)
 
 
 def _node_resource() -> type:

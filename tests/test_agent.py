@@ -291,6 +291,7 @@ async def test_sigterm_mid_pull_exits_cleanly(api, containerd, registry, image_p
         assert _http(port, "/healthz")[0] == 200
         status, body = _http(port, "/metrics")
         assert status == 200 and b"nodeagent_agent_hotimagesets" in body
+        assert b"nodeagent_disks_arrays 0.0" in body  # disks status, always exported
         await eventually(client.list_ingests, what="download in flight")
         assert await client.image_status(ref) is None
         started = time.monotonic()

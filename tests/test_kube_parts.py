@@ -252,3 +252,20 @@ async def test_lease_semaphore_limits_holders_and_expires_dead_ones(api, client)
                             poll_min_s=0.05, poll_max_s=0.1)
     await asyncio.wait_for(waiter.acquire(image), 10)
     assert asyncio.get_running_loop().time() - start >= 0.9
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["agent"], {}, "NODE_NAME"),
+    (["agent", "--startup-taint", "bad key:NoSchedule"], {"NODE_NAME": "n"}, "startup taint"),
+    (["agent", "--rollout-limit", "-1"], {"NODE_NAME": "n"}, "--rollout-limit"),
+    (["agent", "--disks-setup", "--disks-setup-args", "--strategy bogus"], {"NODE_NAME": "n"},
+     "invalid choice: 'bogus'"),
+])
+def test_agent_cli_rejects_bad_configuration(monkeypatch, capsys, argv, env, message):
+    from nodeagent.cli import main
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

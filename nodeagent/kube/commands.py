@@ -138,6 +138,11 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
     if args.lease_duration < 3:
         raise UsageError(f"--lease-duration must be at least 3 seconds, got "
                          f"{args.lease_duration}")
+    disks_args = shlex.split(args.disks_setup_args) if args.disks_setup else None
+    if disks_args is not None:
+        from nodeagent.agent import disks_options
+
+        disks_options(disks_args)  # bad arguments fail now, not on the first boot
     engine = EngineConfig(
         concurrency=args.concurrency, stall_timeout_s=args.stall_timeout,
         max_retries=args.max_retries, high_water_percent=args.high_water,
@@ -157,7 +162,7 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         docker_configs=tuple(args.docker_config),
         credential_provider_config=args.credential_provider_config,
         credential_provider_bin_dir=args.credential_provider_bin_dir,
-        disks_setup_args=shlex.split(args.disks_setup_args) if args.disks_setup else None,
+        disks_setup_args=disks_args,
         heartbeat_s=args.heartbeat,
         status_min_interval_s=args.status_min_interval,
     )
