@@ -386,3 +386,19 @@ async def test_failed_disks_setup_keeps_the_taint_until_timeout(api, containerd,
         await eventually(lambda: events(api, "StartupTaintTimeout"), what="timeout Event")
         assert "local storage is not set up" in events(api, "StartupTaintTimeout")[0]["message"]
         assert not run.agent.storage.ready
+
+
+async def test_restart_without_the_api_server_never_unpins(api, containerd, sample_images):
+    image = sample_images["python"]
+    add_node(api, "n1")
+    api.create("hotimagesets", hot_set("a", image.ref), group=GROUP)
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await eventually(lambda: _pinned_is(run.containerd, {image.digest}), what="pinned")
+    api.stop()  # the agent restarts while the API server is away
+    async with running_agent(api, agent_config("n1", containerd.address)) as run:
+        await asyncio.sleep(2.0)
+        assert run.agent.desired is None  # no list known: the engine did not start
+        assert await pinned_digests(run.containerd) == {image.digest}
+        api.start()
+        await eventually(lambda: run.agent.images_known(), what="engine after API is back")
+        assert await pinned_digests(run.containerd) == {image.digest}

@@ -300,3 +300,20 @@ async def test_watch_requests_are_bounded_by_timeout(api, client):
     await eventually(lambda: names(mirror) == {"a"})
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_mirror_relists_when_a_watch_is_refused_with_http_410(api, client):
+    res = hotimageset_resource()
+    api.create("hotimagesets", hot_set("a", "nginx:1"), group="nodeagent.io")
+    api.watch_gone_as_http = True
+    mirror, _changes, stop, task = await start_mirror(client, res)
+    await eventually(lambda: api.calls("watch", "hotimagesets"), what="watch open")
+    api.stop()
+    api.delete("hotimagesets", "a", group="nodeagent.io")
+    api.compact()
+    api.start()
+    await eventually(lambda: names(mirror) == set(), what="re-list after HTTP 410")
+    assert 410 in [w.status for w in api.calls("watch", "hotimagesets")]
+    assert mirror.relists >= 1
+    stop.set()
+    await asyncio.wait_for(task, 5)
