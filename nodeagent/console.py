@@ -91,9 +91,9 @@ def overall_line(states: Sequence[ImageState], fs: FsStatus | None) -> str:
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
     active = [s for s in states if s.state in ("pulling", "backoff")]
-    done = sum(s.bytes_done for s in active)
-    totals = [s.bytes_total for s in active]
-    total = fmt_bytes(sum(t for t in totals if t)) if all(totals) else "?"
+    done = sum(s.bytes_done for s in states)
+    total = "?" if any(s.bytes_total is None for s in active) else fmt_bytes(
+        sum(s.bytes_total or 0 for s in states))
     rate = sum(s.rate_bps for s in active)
     parts = [f"{counts.get('present', 0)}/{len(states)} present"]
     parts += [f"{counts[k]} {k}" for k in ("pulling", "backoff", "pending", "failed", "skipped")
@@ -184,8 +184,11 @@ class ConsoleReporter:
         self._last = 0.0
         self._states: Sequence[ImageState] = ()
         self._fs: FsStatus | None = None
+        self._closed = False
 
     def update(self, states: Sequence[ImageState], fs: FsStatus | None) -> None:
+        if self._closed:
+            return
         self._states, self._fs = states, fs
         now = time.monotonic()
         if now - self._last >= self.min_interval_s:
@@ -193,7 +196,7 @@ class ConsoleReporter:
             self._redraw()
 
     def event(self, state: ImageState) -> None:
-        if self._states:
+        if self._states and not self._closed:
             self._redraw()
 
     def _redraw(self) -> None:
@@ -201,6 +204,9 @@ class ConsoleReporter:
         self.display.show(render(self._states, self._fs, width))
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._states:
             self._redraw()
         self.display.close()

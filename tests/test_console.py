@@ -56,3 +56,14 @@ def test_live_display_redraws_in_place_and_keeps_log_lines_above():
     assert "\x1b[2F" in text  # moved up over the two drawn lines to redraw them
     assert text.index("a log record") > text.index("line 2b")
     assert text.rstrip().endswith("line 2b")  # block redrawn after the record
+
+
+def test_console_reporter_draws_once_more_on_close_and_only_once():
+    out = io.StringIO()
+    reporter = console.ConsoleReporter(out, min_interval_s=0)
+    reporter.update([ImageState("reg/a:1", "present")], None)
+    reporter.close()
+    reporter.close()
+    reporter.update([ImageState("reg/a:1", "failed")], None)
+    assert out.getvalue().count("reg/a:1") == 2  # the update, then the final draw
+    assert "failed" not in out.getvalue()
