@@ -264,6 +264,12 @@ async def test_hot_image_deleted_behind_our_back_is_pulled_again(containerd, sam
             assert not await records_of(client, pushed.digest)
             await wait_for(lambda: _pinned_again(client, pushed.digest), 60, "self-heal")
             assert engine.snapshot()[pushed.ref].state == "present"
+            # after a containerd restart the engine resubscribes to events
+            await asyncio.to_thread(containerd.restart)
+            await asyncio.sleep(3)
+            await client.remove_image(image_id)
+            await wait_for(lambda: _pinned_again(client, pushed.digest), 60,
+                           "self-heal after a containerd restart")
         finally:
             stop.set()
             await asyncio.wait_for(runner, 30)

@@ -244,16 +244,20 @@ class PrewarmEngine:
         events = asyncio.create_task(self._watch_events(stop), name="prewarm-events")
         try:
             async with self._ticking():
+                retry_s = self.config.backoff_initial_s
                 while not stop.is_set():
                     self._wake.clear()
+                    wait_s = None
                     try:
                         await self._sync(retry_given_up=False)
                         metrics.PREWARM_RECONCILES.inc()
                         metrics.PREWARM_LAST_RECONCILE.set(time.time())
-                    except ContainerdError as exc:
+                        retry_s = self.config.backoff_initial_s
+                    except ContainerdError as exc:  # e.g. containerd restarting
                         log.warning("reconcile failed; retrying", extra=fields(
-                            error=redact_text(str(exc))))
-                    await _wait_any(stop, self._wake, self._next_wake())
+                            error=redact_text(str(exc)), retry_s=retry_s))
+                        wait_s, retry_s = retry_s, min(60.0, retry_s * 2)
+                    await _wait_any(stop, self._wake, wait_s or self._next_wake())
         finally:
             events.cancel()
             for task in list(self._pulls.values()):
