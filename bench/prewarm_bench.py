@@ -186,6 +186,9 @@ def main() -> int:
                     default=Path(tempfile.gettempdir()) / "nodeagent-bench-layers",
                     help="generated layers are cached here between runs")
     ap.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")
+    ap.add_argument("--no-unpigz", action="store_true",
+                    help="make containerd use Go's gzip even if unpigz is installed "
+                         "(CONTAINERD_DISABLE_PIGZ=1), to measure what pigz brings")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure each mode N times and keep the fastest run (the CPU is "
                          "shared: the minimum is the least disturbed measurement)")
@@ -196,6 +199,8 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nodeagent-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.no_unpigz:
+        os.environ["CONTAINERD_DISABLE_PIGZ"] = "1"  # inherited by the containerd daemons
 
     t0 = time.monotonic()
     images = sample_image_set("bench", total_size=args.total_mib * MiB,
@@ -218,7 +223,7 @@ def main() -> int:
             print("measuring the floor ...", file=sys.stderr)
             results.append(run_floor(layers))
     results = fastest(results)
-    unpigz = shutil.which("unpigz")
+    unpigz = None if args.no_unpigz else shutil.which("unpigz")
     print(f"\n{len(images)} images, {len(layers)} unique layers, {compressed / MiB:.0f} MiB "
           f"compressed; {os.cpu_count()} CPUs; containerd max_concurrent_downloads="
           f"{args.max_concurrent_downloads}; containerd decompresses with "
