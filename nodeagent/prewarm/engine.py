@@ -17,6 +17,14 @@ API (used by ``nodeagent prewarm`` and by the DaemonSet agent)::
     engine.snapshot()                           # {image: ImageState}: current status of
                                                 # every desired image (copies)
 
+``reporter`` (``nodeagent.console.ProgressReporter``: ``update(states, fs)`` about once
+a second, ``event(state)`` on every state change, ``close()``) is how callers follow
+along: the CLI draws bars or logs JSON lines; the agent can update Node conditions and
+HotImageSet status from ``event``. ``secret_keyring`` turns an image's pull secrets into
+a keyring (asked before the node keyring); ``pull_gate(key)`` is an async context manager
+held around each CRI pull (cluster-wide rollout limit). Do not call reconcile() while
+run() is active: run() owns the engine then; use set_desired().
+
 Pulls go through CRI PullImage (so kubelet sees exactly what it would have pulled),
 at most ``concurrency`` at a time, highest priority first. There is no overall pull
 timeout: a pull is cancelled and retried (exponential backoff, ``max_retries``) only
