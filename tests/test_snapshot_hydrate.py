@@ -313,3 +313,24 @@ async def test_stop_interrupts_and_once_per_boot(containerd: PrivateContainerd,
         assert json.loads(Path(marker).read_text())["bytes"] == report.hot.bytes
         assert await hydrate_once_per_boot(client, [HotImage(big.ref)], fast,
                                            marker=marker) is None
+
+
+async def test_cli_hot_list_and_images(containerd: PrivateContainerd, sample_images,
+                                       tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from prewarm_helpers import hotlist_yaml
+
+    python, tools, trainer = (sample_images[n] for n in ("python", "tools", "trainer"))
+    await pull(containerd.address, [python.ref, tools.ref, trainer.ref])
+    hot = tmp_path / "hot.yaml"
+    hot.write_text(hotlist_yaml("low", [python.ref], priority=1) + "---\n"
+                   + hotlist_yaml("high", [tools.ref], priority=5, selector="gpu: 'yes'"))
+    code = await _run_cli(["hydrate", "--containerd-address", containerd.address,
+                           "--containerd-root", str(containerd.root), "-f", str(hot),
+                           "--image", trainer.ref, "--workers", "1", "-o", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["images"] == 3  # without --node-labels every set is taken
+    assert set(out["perImage"]) == {python.ref, tools.ref, trainer.ref}
+    # One worker: completion order is plan order (--image first, then priority 5, then 1).
+    assert list(out["perImage"]) == [trainer.ref, tools.ref, python.ref]

@@ -598,6 +598,7 @@ def _print_hydrate(report: Any, output: str) -> None:
     if output == "json":
         print(json.dumps({
             "images": report.images, "hot": phase(report.hot),
+            "perImage": {k: v for k, v in report.hot.per_owner.items() if k != "containerd"},
             "device": phase(report.device) if report.device else None,
             "problems": report.problems,
         }, indent=2))
