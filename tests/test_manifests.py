@@ -38,10 +38,19 @@ def documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
+# The agent's own examples (examples/ also holds node-group and snapshot-builder examples
+# of the snapshot feature, which its own tests check).
+AGENT_EXAMPLES = ("pull-secret-role.yaml", "servicemonitor.yaml")
+
+
+def manifest_files() -> list[Path]:
+    """The agent's Kubernetes manifests (kustomization.yaml is kustomize's own format)."""
+    top = [p for p in sorted(ROOT.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    return top + [ROOT / "examples" / name for name in AGENT_EXAMPLES]
+
+
 def all_documents() -> list[tuple[Path, dict]]:
-    """Every Kubernetes object under daemonset/ (kustomization.yaml is kustomize's own)."""
-    return [(p, d) for p in sorted(ROOT.rglob("*.yaml")) if p.name != "kustomization.yaml"
-            for d in documents(p)]
+    return [(p, d) for p in manifest_files() for d in documents(p)]
 
 
 def one(kind: str) -> dict:
