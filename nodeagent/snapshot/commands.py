@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,9 +298,35 @@ async def _containerd_facts(address: str) -> tuple[str, list[Any]]:
     return version.version, records
 
 
-def _print_progress(snapshot_id: str, state: str, progress: str) -> None:
-    log.info("snapshot progress", extra=fields(
-        snapshot_id=snapshot_id, state=state, progress=progress))
+class WaitProgress:
+    """Snapshot completion: one redrawn line on a terminal, a log line per poll otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        from nodeagent.console import LiveDisplay
+
+        self.display = LiveDisplay(sys.stderr) if live else None
+        if self.display:
+            self.display.hook_logging()
+        self.started = time.monotonic()
+
+    def __call__(self, snapshot_id: str, state: str, progress: str) -> None:
+        from nodeagent.console import bar, fmt_duration
+
+        elapsed = fmt_duration(time.monotonic() - self.started)
+        if self.display is None:
+            log.info("snapshot progress", extra=fields(
+                snapshot_id=snapshot_id, state=state, progress=progress, elapsed=elapsed))
+            return
+        try:
+            fraction: float | None = float(progress.rstrip("%")) / 100
+        except ValueError:
+            fraction = None
+        self.display.show([f"{snapshot_id} {state:<9} {bar(fraction)} {progress:>4}  "
+                           f"elapsed {elapsed}"])
+
+    def close(self) -> None:
+        if self.display:
+            self.display.close()
 
 
 def _run_create(args: argparse.Namespace, images: list[str], containerd_version: str) -> int:
@@ -323,7 +350,11 @@ def _run_create(args: argparse.Namespace, images: list[str], containerd_version:
         ssm_parameter=args.ssm_parameter, fsr_zones=_zones(args.fast_restore_az),
     )
     workflow.validate(req)
-    result = workflow.create(aws, req, on_progress=_print_progress)
+    progress = WaitProgress(live=sys.stderr.isatty())
+    try:
+        result = workflow.create(aws, req, on_progress=progress)
+    finally:
+        progress.close()
     _print_create(result, meta, args.output)
     return 0
 

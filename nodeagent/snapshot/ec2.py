@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -135,7 +135,7 @@ class AwsClients:
         if not region:
             raise AwsError("no AWS region: pass --region or set AWS_REGION")
         self.region = region
-        self._clients: dict[tuple[str, int], Any] = {}
+        self._clients: dict[tuple[str, int, float | None], Any] = {}
 
     def check_credentials(self) -> None:
         """Resolve credentials now (and refresh temporary ones), so a later call cannot
@@ -146,16 +146,19 @@ class AwsClients:
                 raise AwsError(NO_CREDENTIALS)
             creds.get_frozen_credentials()
 
-    def client(self, service: str, max_attempts: int | None = None) -> Any:
+    def client(self, service: str, max_attempts: int | None = None,
+               timeout_s: float | None = None) -> Any:
+        """A client; ``max_attempts``/``timeout_s`` override the options (e.g. a short budget
+        inside the freeze window)."""
         attempts = max_attempts or self.options.max_attempts
-        key = (service, attempts)
+        key = (service, attempts, timeout_s)
         if key not in self._clients:
             config = Config(
                 region_name=self.region,
                 # total_max_attempts counts the first try (plain max_attempts does not)
                 retries={"total_max_attempts": attempts, "mode": self.options.retry_mode},
-                connect_timeout=self.options.connect_timeout_s,
-                read_timeout=self.options.read_timeout_s,
+                connect_timeout=min(self.options.connect_timeout_s, timeout_s or 1e9),
+                read_timeout=timeout_s or self.options.read_timeout_s,
                 user_agent_extra=f"nodeagent/{__version__}",
             )
             self._clients[key] = self.session.client(
@@ -315,7 +318,7 @@ def _snapshot_info(raw: dict[str, Any]) -> SnapshotInfo:
     start = raw.get("StartTime")
     return SnapshotInfo(
         snapshot_id=raw["SnapshotId"], state=raw.get("State", "?"),
-        start_time=start if isinstance(start, datetime) else datetime.min,
+        start_time=start if isinstance(start, datetime) else datetime.min.replace(tzinfo=UTC),
         volume_id=raw.get("VolumeId", ""), volume_size_gib=int(raw.get("VolumeSize", 0)),
         progress=raw.get("Progress", ""), tags=T.tag_map(raw.get("Tags")),
     )

@@ -85,11 +85,15 @@ class _Watchdog:
     """A child process that thaws the filesystem if we overrun or die."""
 
     def __init__(self, path: str, max_seconds: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WATCHDOG, path, str(max_seconds), str(FITHAW)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C must not reach it
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, path, str(max_seconds),
+                 str(FITHAW)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C must not reach it
+            )
+        except OSError as exc:
+            raise FreezeError(f"cannot start the freeze watchdog for {path}: {exc}") from exc
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else b""

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # CreateSnapshot inside the freeze window gets a short retry budget: the window is what
 # every writer on the node waits for. (Standard backoff caps this near 1+2+4 s of sleep.)
 FREEZE_WINDOW_ATTEMPTS = 4
+FREEZE_WINDOW_TIMEOUT_S = 10.0  # per attempt; CreateSnapshot normally answers in < 1 s
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def _check_volume(ec2: Any, volume_id: str) -> dict[str, Any]:
 
 def _start_snapshot(aws: E.AwsClients, req: CreateRequest) -> tuple[str, str, float | None]:
     """CreateSnapshot, inside the freeze window when asked: (id, consistency, window s)."""
-    fast = aws.client("ec2", max_attempts=FREEZE_WINDOW_ATTEMPTS)
+    fast = aws.client("ec2", max_attempts=FREEZE_WINDOW_ATTEMPTS,
+                      timeout_s=FREEZE_WINDOW_TIMEOUT_S)
     volume = _check_volume(fast, req.volume_id)
     log.info("volume found", extra=fields(
         volume_id=req.volume_id, size_gib=volume.get("Size"),
