@@ -204,6 +204,7 @@ class Agent:
         self._engine_task: asyncio.Task | None = None
         self._engine_stop = asyncio.Event()
         self._last_condition: Condition | None = None
+        self._fatal: str | None = None
 
     def _mirror(self, resource: type, label: str, name: str | None = None) -> Mirror:
         return Mirror(self.kube, resource, name=name, on_change=self._wake.set,
@@ -228,14 +229,32 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then shut down cleanly (pulls cancelled)."""
         mirror_stop = asyncio.Event()
-        tasks = [asyncio.create_task(self.node_mirror.run(mirror_stop), name="watch-node"),
-                 asyncio.create_task(self.sets_mirror.run(mirror_stop), name="watch-sets"),
-                 asyncio.create_task(self._storage(stop), name="storage"),
-                 asyncio.create_task(self._disk_metrics(stop), name="disk-metrics")]
+        tasks = [self._spawn(self.node_mirror.run(mirror_stop), "watch-node"),
+                 self._spawn(self.sets_mirror.run(mirror_stop), "watch-sets"),
+                 self._spawn(self._storage(stop), "storage"),
+                 self._spawn(self._disk_metrics(stop), "disk-metrics")]
         try:
             await self._control(stop)
         finally:
             await self._shutdown(tasks, mirror_stop)
+        if self._fatal is not None:
+            raise NodeagentError(f"agent stopped after an internal error: {self._fatal}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        """A task that, should it die of an unexpected error, stops the agent (the pod
+        restarts it) instead of leaving a half-working agent behind."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None or self._fatal is not None:
+            return
+        exc = task.exception()
+        log.error("agent task failed", exc_info=exc, extra=fields(task=task.get_name()))
+        self._fatal = f"{task.get_name()}: {type(exc).__name__}: {redact_text(str(exc))}"
+        self.health.set_live(False, self._fatal)
+        self._wake.set()
 
     async def _shutdown(self, tasks: list[asyncio.Task], mirror_stop: asyncio.Event) -> None:
         self.health.set_ready(False, "shutting down")
@@ -254,7 +273,7 @@ class Agent:
         log.info("agent stopped", extra=fields(node=self.config.node_name))
 
     async def _control(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and self._fatal is None:
             self._wake.clear()
             try:
                 await self.step()
@@ -302,8 +321,7 @@ class Agent:
         if self._engine_task is not None or self.desired is None \
                 or not self.storage_settled.is_set():
             return
-        self._engine_task = asyncio.create_task(self.engine.run(self._engine_stop),
-                                                name="engine")
+        self._engine_task = self._spawn(self.engine.run(self._engine_stop), "engine")
         self.health.set_ready(True, "watching")
 
     def images_known(self) -> bool:

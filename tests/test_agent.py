@@ -402,3 +402,26 @@ async def test_restart_without_the_api_server_never_unpins(api, containerd, samp
         api.start()
         await eventually(lambda: run.agent.images_known(), what="engine after API is back")
         assert await pinned_digests(run.containerd) == {image.digest}
+
+
+async def test_an_internal_task_failure_stops_the_agent_for_a_restart(api, containerd):
+    from nodeagent.agent import Agent
+    from nodeagent.errors import NodeagentError
+    from nodeagent.kube.client import load_config, make_client
+
+    add_node(api, "n1")
+    kube = make_client(load_config(server=api.url))
+    client = ContainerdClient(containerd.address)
+    agent = Agent(agent_config("n1", containerd.address), kube, client)
+
+    async def broken_engine(stop):
+        raise RuntimeError("engine bug")
+
+    agent.engine.run = broken_engine
+    try:
+        with pytest.raises(NodeagentError, match="engine: RuntimeError: engine bug"):
+            await asyncio.wait_for(agent.run(asyncio.Event()), 15)
+        assert agent.health.live() == (False, "engine: RuntimeError: engine bug")
+    finally:
+        await client.close()
+        await kube.close()
