@@ -425,3 +425,38 @@ async def test_an_internal_task_failure_stops_the_agent_for_a_restart(api, conta
     finally:
         await client.close()
         await kube.close()
+
+
+CREDENTIAL_PLUGIN = """#!{python}
+import json, sys
+request = json.load(sys.stdin)
+assert request["kind"] == "CredentialProviderRequest", request
+json.dump({{"apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+           "kind": "CredentialProviderResponse", "cacheKeyType": "Registry",
+           "auth": {{{host!r}: {{"username": {user!r}, "password": {password!r}}}}}}},
+          sys.stdout)
+"""
+
+
+async def test_kubelet_credential_provider_when_mounted(api, containerd, auth_sample_images,
+                                                        auth_credentials, tmp_path):
+    """Like the DaemonSet: config and plugin in one mounted directory, no pull secret."""
+    image = auth_sample_images["trainer"]
+    host = image.ref.split("/", 1)[0]
+    plugin = tmp_path / "test-provider"
+    plugin.write_text(CREDENTIAL_PLUGIN.format(python=sys.executable, host=host,
+                                               user=auth_credentials.username,
+                                               password=auth_credentials.password))
+    plugin.chmod(0o755)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig",
+        "providers": [{"name": "test-provider", "matchImages": [host],
+                       "defaultCacheDuration": "1m",
+                       "apiVersion": "credentialprovider.kubelet.k8s.io/v1"}]}))
+    add_node(api, "n1")
+    api.create("hotimagesets", hot_set("private", image.ref), group=GROUP)
+    config = agent_config("n1", containerd.address)
+    config.credential_provider_config = config_file
+    async with running_agent(api, config) as run:
+        await eventually(lambda: _pinned_is(run.containerd, {image.digest}), what="pulled")
