@@ -30,8 +30,8 @@ from nodeagent.snapshot import tags as T
 from nodeagent.snapshot import workflow
 from nodeagent.snapshot.ec2 import AwsClients, AwsError, AwsOptions, SnapshotFailed
 
-WRITER = ("import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); "
-          "os.write(fd, b'x'); os.fsync(fd)")
+WRITER = ("import os, sys; print('start', flush=True); "
+          "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); os.write(fd, b'x'); os.fsync(fd)")
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +138,17 @@ def test_create_freezes_only_around_create_snapshot_then_waits_and_publishes(
         aws: AwsClients, proxy: AwsProxy, moto: MotoServer, direct: dict, volume_id: str,
         xfs: LoopMount) -> None:
     frozen_during_create: list[bool] = []
+    writers: list[subprocess.Popen[str]] = []
 
     def check_frozen(_record: Recorded) -> None:
         # Runs in the proxy while the client waits for CreateSnapshot's answer.
         writer = subprocess.Popen([sys.executable, "-c", WRITER,
-                                   str(xfs.mount_point / "probe")])
+                                   str(xfs.mount_point / "probe")],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "start"
         time.sleep(0.4)
         frozen_during_create.append(writer.poll() is None)
+        writers.append(writer)
 
     proxy.on("CreateSnapshot", check_frozen)
     steps = [("pending", "0%"), ("pending", "45%"), ("pending", "90%"), ("completed", "100%")]
@@ -159,7 +163,8 @@ def test_create_freezes_only_around_create_snapshot_then_waits_and_publishes(
     assert frozen_during_create == [True]
     assert result.consistency == "frozen"
     assert result.freeze_seconds is not None and result.freeze_seconds < 5
-    assert (xfs.mount_point / "probe").exists()  # the blocked writer finished after thaw
+    assert writers[0].wait(timeout=10) == 0  # the blocked writer finished after the thaw
+    assert (xfs.mount_point / "probe").exists()
     assert seen[-1] == ("completed", "100%")
     assert ("pending", "45%") in seen
     assert result.state == "completed" and not result.duplicates
