@@ -205,6 +205,8 @@ class Agent:
         self._engine_stop = asyncio.Event()
         self._last_condition: Condition | None = None
         self._fatal: str | None = None
+        self._taint_backoff = Backoff(initial_s=1.0, max_s=60.0)
+        self._taint_retry_at = 0.0
 
     def _mirror(self, resource: type, label: str, name: str | None = None) -> Mirror:
         return Mirror(self.kube, resource, name=name, on_change=self._wake.set,
@@ -362,7 +364,8 @@ class Agent:
 
     async def _startup_taint(self, node: Any) -> None:
         spec = self.config.startup_taint
-        if self.taint_done or spec is None or node is None:
+        if self.taint_done or spec is None or node is None \
+                or time.monotonic() < self._taint_retry_at:
             return
         if not has_taint(taint_dicts(node), spec):
             self.taint_done = True
@@ -379,8 +382,10 @@ class Agent:
         try:
             await remove_taint(self.kube, self.config.node_name, spec)
         except Exception as exc:
+            delay = self._taint_backoff.delay()
+            self._taint_retry_at = time.monotonic() + delay
             log.warning("cannot remove the startup taint; will retry", extra=fields(
-                taint=str(spec), error=describe_error(exc)))
+                taint=str(spec), error=describe_error(exc), retry_in_s=round(delay, 1)))
             return
         self.taint_done = True
         metrics.AGENT_STARTUP_TAINT_REMOVED.labels(why=why).inc()
@@ -396,13 +401,16 @@ class Agent:
 
     def _next_timer(self) -> float:
         waits = [30.0]
+        if self.node() is None:
+            return waits[0]  # nothing to report or patch before the node is known
         cond = self._last_condition
         if cond is not None:
             waits.append(self.status.next_due(cond) + 0.05)
         if not self.taint_done and self.config.startup_taint is not None:
-            left = self.config.startup_taint_timeout_s - (time.monotonic() - self.started)
-            waits.append(max(0.05, left))
-        if self.desired is not None and not self.images_known():
+            now = time.monotonic()
+            left = self.config.startup_taint_timeout_s - (now - self.started)
+            waits.append(max(0.05, left, self._taint_retry_at - now))
+        if self._engine_task is not None and not self.images_known():
             waits.append(0.2)  # engine's first pass on a new list is about to land
         return max(0.05, min(waits))
 

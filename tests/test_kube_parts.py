@@ -269,3 +269,19 @@ def test_agent_cli_rejects_bad_configuration(monkeypatch, capsys, argv, env, mes
         monkeypatch.setenv(key, value)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_condition_patch_backs_off_while_the_api_fails(api, client):
+    add_node(api)
+    reporter = NodeConditionReporter(client, "n1", min_interval_s=0)
+    api.fail(500, verb="patch", subresource="status", times=2)
+    cond = Condition("False", "Pulling", "0/1")
+    assert not await reporter.report(cond)
+    assert not reporter.pending(cond) and reporter.next_due(cond) > 0.5
+    assert not await reporter.report(cond)  # not even tried: backing off
+    assert len(api.calls("patch", "nodes", "status")) == 1
+    await asyncio.sleep(reporter.next_due(cond))
+    assert not await reporter.report(cond)  # second injected failure: longer backoff
+    assert reporter.next_due(cond) > 1.5
+    await asyncio.sleep(reporter.next_due(cond))
+    assert await reporter.report(cond)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CONDITION_TYPE = "ImagesPrewarmed"
 MAX_MESSAGE = 512
+RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class NodeConditionReporter:
         self._clock = clock
         self.last: Reported | None = None
         self.patches = 0
+        self._failures = 0
+        self._retry_at = 0.0
 
     def adopt(self, node: Any) -> None:
         """Take over the condition already on the node (first sight after a restart)."""
@@ -144,17 +147,23 @@ class NodeConditionReporter:
         )
 
     def pending(self, cond: Condition) -> bool:
+        if self._clock() < self._retry_at:
+            return False  # backing off after a failed patch
         return should_patch(self.last, cond, self._clock(), self.heartbeat_s,
                             self.min_interval_s)
 
     def next_due(self, cond: Condition) -> float:
-        """Seconds until ``cond`` would be patched by rate limit or heartbeat."""
-        if self.last is None:
-            return 0.0
-        age = self._clock() - self.last.at
-        if cond.message != self.last.condition.message:
-            return max(0.0, self.min_interval_s - age)
-        return max(0.0, self.heartbeat_s - age)
+        """Seconds until ``cond`` would be patched (rate limit, heartbeat or backoff)."""
+        now = self._clock()
+        backoff = max(0.0, self._retry_at - now)
+        last = self.last
+        if last is None or (last.condition.status, last.condition.reason) != (
+                cond.status, cond.reason):
+            return backoff
+        age = now - last.at
+        if cond.message != last.condition.message:
+            return max(backoff, self.min_interval_s - age)
+        return max(backoff, self.heartbeat_s - age)
 
     async def report(self, cond: Condition) -> bool:
         """Patch if due; True when a patch was sent and accepted."""
@@ -175,9 +184,14 @@ class NodeConditionReporter:
             from nodeagent.kube.watch import describe_error
 
             metrics.AGENT_STATUS_PATCHES.labels(outcome="failed").inc()
+            self._failures += 1
+            delay = min(RETRY_MAX_S, 0.5 * 2 ** self._failures)
+            self._retry_at = self._clock() + delay
             log.warning("cannot patch the node condition; will retry",
-                        extra=fields(node=self._node_name, error=describe_error(exc)))
+                        extra=fields(node=self._node_name, error=describe_error(exc),
+                                     retry_in_s=delay))
             return False
+        self._failures, self._retry_at = 0, 0.0
         self.last = Reported(cond, transition, self._clock())
         self.patches += 1
         metrics.AGENT_STATUS_PATCHES.labels(outcome="patched").inc()
