@@ -212,7 +212,6 @@ async def test_rollout_limit_holds_across_agents(api, tmp_path, registry, image_
     image = image_pusher("rollout", sizes=[3 << 20])
     proxy = PausableProxy(registry.host, rate_bps=6 << 20)  # ~0.5 s per pull
     ref = image.ref.replace(registry.host, proxy.host)
-    api.create("hotimagesets", hot_set("wide", ref), group=GROUP)
     daemons = [PrivateContainerd(tmp_path / f"c{i}") for i in range(4)]
     holders: set[str] = set()
     peak = {"gates": 0, "leases": 0}
@@ -231,6 +230,8 @@ async def test_rollout_limit_holds_across_agents(api, tmp_path, registry, image_
                                                         run.agent.config.node_name,
                                                         holders, peak)
             sampler = asyncio.create_task(_sample_lease_holders(api, peak))
+            # the set appears once every agent runs (and records): all want it at once
+            api.create("hotimagesets", hot_set("wide", ref), group=GROUP)
             for run in runs:
                 await eventually(lambda run=run: _pinned_is(run.containerd, {image.digest}),
                                  timeout=60, what=f"{run.agent.config.node_name} pulled")
