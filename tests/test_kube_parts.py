@@ -285,3 +285,22 @@ async def test_condition_patch_backs_off_while_the_api_fails(api, client):
     assert reporter.next_due(cond) > 1.5
     await asyncio.sleep(reporter.next_due(cond))
     assert await reporter.report(cond)
+
+
+async def test_lease_is_renewed_while_pulling_so_nobody_takes_it_over(api, client):
+    image = "registry.local/slow:1"
+    holder = RolloutLimiter(client, "nodeagent", "node-a", slots=1, lease_duration_s=3)
+    other = RolloutLimiter(client, "nodeagent", "node-b", slots=1, lease_duration_s=3,
+                           poll_min_s=0.1, poll_max_s=0.2)
+    released_at = None
+    async with holder.gate(image):
+        waiter = asyncio.create_task(other.acquire(image))
+        await asyncio.sleep(4.5)  # longer than the lease duration: renewals keep it held
+        assert not waiter.done()
+        released_at = asyncio.get_running_loop().time()
+    lease = await asyncio.wait_for(waiter, 5)
+    assert asyncio.get_running_loop().time() - released_at < 1.0
+    assert lease.spec.holderIdentity == "node-b"
+    renewals = [r for r in api.calls("update", "leases") if r.body["spec"].get(
+        "holderIdentity") == "node-a" and r.status == 200]
+    assert len(renewals) >= 3
