@@ -75,13 +75,30 @@ async def test_pulls_several_images_with_shared_layers_and_pins_every_record(
 
 async def test_highest_priority_first_with_concurrency_one(containerd, sample_images):
     low, high = sample_images["python"].ref, sample_images["trainer"].ref
+    events = EventLog()
     async with ContainerdClient(containerd.address) as client:
-        engine = PrewarmEngine(client, None, EngineConfig(concurrency=1, **FAST))
+        engine = PrewarmEngine(client, None, EngineConfig(concurrency=1, **FAST), events)
         summary = await engine.reconcile([*desired(low, priority=1), *desired(high, priority=9)])
-        assert summary.ok
-        snap = engine.snapshot()
-        assert snap[high].finished_at <= snap[low].started_at or (
-            snap[high].finished_at < snap[low].finished_at)
+    assert summary.ok
+    assert events.seen == [(high, "pulling"), (high, "present"), (low, "pulling"),
+                           (low, "present")]
+
+
+class EventLog:
+    """A ProgressReporter that records state changes (pending ones left out)."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+
+    def update(self, states, fs) -> None:
+        pass
+
+    def event(self, state) -> None:
+        if state.state != "pending":
+            self.seen.append((state.image, state.state))
+
+    def close(self) -> None:
+        pass
 
 
 async def test_already_present_image_is_skipped_by_tag_and_by_digest(containerd, sample_images):
