@@ -46,6 +46,8 @@ def gather(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None
 
 def _worth_probing(disk: BlockDevice, opts: Options) -> bool:
     # Only instance-store candidates: probing the root disk or EBS volumes is pointless.
+    if opts.only and not {disk.name, f"/dev/{disk.name}", disk.serial} & set(opts.only):
+        return False
     return disk.is_nvme and disk.model != EBS_MODEL and bool(opts.model_re.match(disk.model))
 
 

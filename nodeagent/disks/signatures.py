@@ -3,9 +3,10 @@
 The signatures nodeagent itself writes (md v1.x RAID members, XFS, ext4) are parsed
 directly from the device head/tail: cheap (no subprocess, which keeps an idempotent
 re-run fast) and independent of udev's database, which still describes the disks as they
-were before an EC2 stop/start. Anything else is left to `blkid -p` (libblkid's low-level
-probe, which knows every filesystem, partition table, LVM, LUKS, swap ...), so a disk is
-only called blank when both agree.
+were before an EC2 stop/start. A device whose first and last MiB are all zeros is blank.
+Anything else goes to `blkid -p` (libblkid's low-level probe, which knows every
+filesystem, partition table, LVM, LUKS, swap ...): nodeagent never calls a disk blank
+while either finds something on it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MD_MAGIC = 0xA92B4EFC
 XFS_MAGIC = b"XFSB"
 EXT_MAGIC = 0xEF53
 ALIGN = 4096  # O_DIRECT alignment that works on every block device we meet
+EDGE = 1 << 20  # bytes read at each end of a device
 
 # Probes a device for signatures nodeagent does not parse itself; returns blkid's
 # key=value export, or {} when it finds nothing. Tests may pass their own.
@@ -46,12 +48,21 @@ def probe(path: str, size_bytes: int, blkid: BlkidProbe | None = None) -> Signat
     found = parse_superblocks(head, tail, size_bytes)
     if found is not None:
         return found
+    if _all_zero(head) and _all_zero(tail):
+        # Every signature libblkid knows lives in the first or last MiB (partition tables
+        # and their backups, LVM, LUKS, ZFS labels, md 1.0, DDF ...): zeros there mean
+        # blank, as instance store arrives, without a blkid run per disk.
+        return Signature(kind="blank", source="zeros")
     probe_other = blkid if blkid is not None else blkid_probe
     return from_blkid(probe_other(path))
 
 
+def _all_zero(data: bytes) -> bool:
+    return not data.strip(b"\0")
+
+
 def parse_superblocks(head: bytes, tail: bytes, size_bytes: int) -> Signature | None:
-    """md / XFS / ext2-4 from the first 64 KiB and the last 128 KiB of a device."""
+    """md / XFS / ext2-4 from the first and the last MiB of a device."""
     md = _md_from_head(head) or _md_from_tail(tail, size_bytes)
     if md is not None:
         return Signature(kind="md", fstype="linux_raid_member", uuid=md.array_uuid,
@@ -60,11 +71,11 @@ def parse_superblocks(head: bytes, tail: bytes, size_bytes: int) -> Signature | 
 
 
 def _read_head_tail(path: str, size_bytes: int) -> tuple[bytes, bytes]:
-    tail_len = min(128 * 1024, size_bytes)
+    tail_len = min(EDGE, size_bytes)
     tail_off = max(0, (size_bytes - tail_len) // ALIGN * ALIGN)
     fd = _open_uncached(path)
     try:
-        head = _pread(fd, 64 * 1024, 0)
+        head = _pread(fd, EDGE, 0)
         tail = _pread(fd, size_bytes - tail_off, tail_off) if size_bytes else b""
     finally:
         os.close(fd)
