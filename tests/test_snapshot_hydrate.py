@@ -334,3 +334,37 @@ async def test_cli_hot_list_and_images(containerd: PrivateContainerd, sample_ima
     assert set(out["perImage"]) == {python.ref, tools.ref, trainer.ref}
     # One worker: completion order is plan order (--image first, then priority 5, then 1).
     assert list(out["perImage"]) == [trainer.ref, tools.ref, python.ref]
+
+
+async def test_agent_boot_hydration(containerd: PrivateContainerd, sample_images,
+                                    tmp_path: Path) -> None:
+    """The agent's entry point, with a host-root view like /proc/1/root: containerd's
+    paths resolve through it and the once-per-boot marker lands in its /run."""
+    import asyncio
+
+    from prewarm_helpers import desired
+
+    from nodeagent.snapshot.hydrate import boot_hydration
+
+    server = sample_images["model-server"]
+    await pull(containerd.address, [server.ref])
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "tmp").symlink_to("/tmp")  # containerd's root is under /tmp here
+    env = {"NODEAGENT_HOST_ROOT": str(host), "NODEAGENT_HYDRATE_RATE": "500MiB"}
+    stop = asyncio.Event()
+    async with ContainerdClient(containerd.address) as client:
+        report = await boot_hydration(client, desired(server.ref), stop,
+                                      containerd_root=str(containerd.root), env=env)
+        assert report is not None and report.complete and report.problems == []
+        assert report.hot.per_owner[server.ref] > 0
+        assert (host / "run" / "nodeagent" / "hydrated").exists()
+        assert await boot_hydration(client, desired(server.ref), stop,
+                                    containerd_root=str(containerd.root), env=env) is None
+        off = {**env, "NODEAGENT_HYDRATE": "false"}
+        assert await boot_hydration(client, desired(server.ref), stop,
+                                    containerd_root=str(containerd.root), env=off) is None
+        (host / "run" / "nodeagent" / "hydrated").unlink()
+        bad = {**env, "NODEAGENT_HYDRATE_RATE": "fast"}  # logged, never raised
+        assert await boot_hydration(client, desired(server.ref), stop,
+                                    containerd_root=str(containerd.root), env=bad) is None

@@ -25,6 +25,7 @@ from nodeagent.containerd.client import add_address_argument
 from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.log import fields
 from nodeagent.snapshot import tags as T
+from nodeagent.snapshot.hydrate import parse_rate
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
@@ -529,27 +530,6 @@ def prune_table(decisions: Sequence[PruneDecision]) -> str:
 
 
 # ---------------------------------------------------------------------- hydrate
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
-
-
-def parse_rate(text: str) -> float | None:
-    """"200MiB", "150M", "1.5GiB/s", "1048576" -> bytes/s; "" -> None (unlimited)."""
-    raw = text.strip().lower().removesuffix("/s")
-    if not raw:
-        return None
-    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = raw[len(number):]
-    try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise UsageError(f"--rate {text!r}: expected a number with an optional unit "
-                         "(K, M, G, KiB, MiB, GiB), e.g. 200MiB") from None
-    if value <= 0:
-        raise UsageError(f"--rate {text!r}: must be positive")
-    return value
-
 
 def hydrate_images(args: argparse.Namespace) -> list[Any] | None:
     """Images from --image then -f (priorities kept above every -f one), or None: pinned."""

@@ -30,12 +30,12 @@ import platform
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.log import fields
 
 if TYPE_CHECKING:
@@ -141,6 +141,27 @@ def pick_manifest(index: dict[str, Any], wanted: tuple[str, str],
 
 
 # ------------------------------------------------------------------------------ rate limit
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def parse_rate(text: str, what: str = "--rate") -> float | None:
+    """"200MiB", "150M", "1.5GiB/s", "1048576" -> bytes/s; "" -> None (unlimited)."""
+    raw = text.strip().lower().removesuffix("/s")
+    if not raw:
+        return None
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise UsageError(f"{what} {text!r}: expected a number with an optional unit "
+                         "(K, M, G, KiB, MiB, GiB), e.g. 200MiB") from None
+    if value <= 0:
+        raise UsageError(f"{what} {text!r}: must be positive")
+    return value
+
 
 
 class TokenBucket:
@@ -576,3 +597,50 @@ async def hydrate_once_per_boot(
         done.write_text(json.dumps({"bytes": report.hot.bytes, "images": report.images,
                                       "at": time.time()}) + "\n")
     return report
+
+
+# Agent settings (environment of the DaemonSet container).
+HYDRATE_ENV = "NODEAGENT_HYDRATE"  # "false" turns boot hydration off
+HYDRATE_RATE_ENV = "NODEAGENT_HYDRATE_RATE"  # e.g. "200MiB"; unset: no limit
+HYDRATE_FULL_DEVICE_ENV = "NODEAGENT_HYDRATE_FULL_DEVICE"  # "true": then the whole device
+HOST_ROOT_ENV = "NODEAGENT_HOST_ROOT"  # where the host's / is visible (/proc/1/root)
+
+
+async def boot_hydration(client: ContainerdClient, desired: Sequence[Any],
+                         stop: Any, containerd_root: str = "/var/lib/containerd",
+                         env: Mapping[str, str] | None = None) -> HydrateReport | None:
+    """For the agent: hydrate this node's hot images (DesiredImage list) once per boot,
+    configured from the environment; never raises (hydration is an optimisation), stops
+    when the asyncio ``stop`` event is set."""
+    import asyncio
+
+    env = os.environ if env is None else env
+    if env.get(HYDRATE_ENV, "true").strip().lower() in ("false", "0", "no", "off"):
+        return None
+    ready = threading.Event()
+    watcher = asyncio.ensure_future(_bridge(stop, ready))
+    try:
+        host_root = env.get(HOST_ROOT_ENV, "")
+        device = None
+        if env.get(HYDRATE_FULL_DEVICE_ENV, "").strip().lower() == "true":
+            from nodeagent.snapshot.volume import mounted_device
+
+            device = mounted_device(host_root + containerd_root if host_root
+                                    else containerd_root)
+        options = HydrateOptions(containerd_root=containerd_root, host_root=host_root,
+                                 rate_bps=parse_rate(env.get(HYDRATE_RATE_ENV, ""),
+                                                     HYDRATE_RATE_ENV),
+                                 full_device=device)
+        images = [HotImage(str(d.reference), d.priority) for d in desired]
+        return await hydrate_once_per_boot(client, images, options, stop=ready)
+    except Exception as exc:  # an optimisation: log it, never take the agent down
+        log.warning("boot hydration failed", extra=fields(error=str(exc)))
+        return None
+    finally:
+        watcher.cancel()
+
+
+async def _bridge(stop: Any, flag: threading.Event) -> None:
+    """asyncio.Event -> threading.Event, for the reader threads."""
+    await stop.wait()
+    flag.set()
