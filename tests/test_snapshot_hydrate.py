@@ -368,3 +368,13 @@ async def test_agent_boot_hydration(containerd: PrivateContainerd, sample_images
         bad = {**env, "NODEAGENT_HYDRATE_RATE": "fast"}  # logged, never raised
         assert await boot_hydration(client, desired(server.ref), stop,
                                     containerd_root=str(containerd.root), env=bad) is None
+
+
+async def test_wrong_root_is_refused(containerd: PrivateContainerd, tmp_path: Path) -> None:
+    from nodeagent.snapshot.hydrate import HydrateError
+
+    async with ContainerdClient(containerd.address) as client:
+        with pytest.raises(HydrateError, match="is not containerd's root"):
+            await hydrate(client, [], HydrateOptions(containerd_root=str(tmp_path)))
+        with pytest.raises(HydrateError, match="is not a directory"):
+            await hydrate(client, [], HydrateOptions(containerd_root=str(tmp_path / "x")))

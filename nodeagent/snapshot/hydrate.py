@@ -520,6 +520,9 @@ async def hydrate(
     root = layout.local(options.containerd_root)
     if not os.path.isdir(root):
         raise HydrateError(f"containerd root {root} is not a directory")
+    if not os.path.exists(os.path.join(root, METADATA_FILES[0])):
+        raise HydrateError(f"{root} is not containerd's root (no {METADATA_FILES[0]}): "
+                           "pass the root from containerd's config.toml")
     if options.workers < 1:
         raise HydrateError(f"workers must be at least 1 (got {options.workers})")
     progress = progress or HydrateProgress()
