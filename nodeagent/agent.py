@@ -324,6 +324,11 @@ class Agent:
                 or not self.storage_settled.is_set():
             return
         self._engine_task = self._spawn(self.engine.run(self._engine_stop), "engine")
+        # After a restore from an EBS snapshot: read the hot images' blocks first, once
+        # per boot (NODEAGENT_HYDRATE*, see snapshot/hydrate.py); it never raises.
+        from nodeagent.snapshot.hydrate import boot_hydration
+
+        self._spawn(boot_hydration(self.containerd, self.desired, self._engine_stop), "hydrate")
         self.health.set_ready(True, "watching")
 
     def images_known(self) -> bool:
