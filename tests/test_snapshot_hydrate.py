@@ -230,9 +230,12 @@ async def test_missing_image_is_reported_others_hydrated(containerd: PrivateCont
     await pull(containerd.address, [trainer.ref])
     async with ContainerdClient(containerd.address) as client:
         report = await hydrate(
-            client, [HotImage("registry.invalid/absent:1", 5), HotImage(trainer.ref, 1)],
+            client, [HotImage("registry.invalid/absent:1", 5), HotImage("Bad Ref!", 4),
+                     HotImage(trainer.ref, 1)],
             HydrateOptions(containerd_root=str(containerd.root)))
-    assert report.problems == ["registry.invalid/absent:1: not in containerd"]
+    assert report.problems[0] == "registry.invalid/absent:1: not in containerd"
+    assert report.problems[1].startswith("Bad Ref!: ")
+    assert len(report.problems) == 2
     assert report.images == 1 and report.hot.per_owner[trainer.ref] > 0
 
 

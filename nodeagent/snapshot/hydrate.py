@@ -384,7 +384,7 @@ class HotImage:
 
 
 class Layout:
-    """Maps containerd's (host) paths to paths readable here (agent: host root at /host)."""
+    """Maps containerd's (host) paths to paths readable here (agent: /proc/1/root)."""
 
     def __init__(self, containerd_root: str, host_root: str = "") -> None:
         self.containerd_root = containerd_root
@@ -416,7 +416,11 @@ async def resolve_targets(client: ContainerdClient, images: Sequence[HotImage]
     for image in images:
         target = image.target
         if target is None:
-            target = plan.find_target(parse_reference(image.image), records)
+            try:
+                target = plan.find_target(parse_reference(image.image), records)
+            except NodeagentError as exc:  # not a valid reference
+                problems.append(f"{image.image}: {exc}")
+                continue
         if target is None:
             problems.append(f"{image.image}: not in containerd")
             continue
