@@ -373,3 +373,28 @@ def test_zipapp_runs_on_a_python_without_nodeagents_dependencies(tmp_path):
     helped = subprocess.run([BARE_PYTHON, "-I", str(pyz), "--help"], capture_output=True,
                             text=True)
     assert "disks" in helped.stdout and "prewarm" not in helped.stdout
+
+
+def test_metrics_snapshot_feeds_the_prometheus_block(tmp_path):
+    from prometheus_client import generate_latest
+
+    from nodeagent import metrics
+
+    node = FakeNode(tmp_path)
+    for name in ("nvme1n1", "nvme2n1"):
+        node.add_disk(name)
+    node.add_md_members(["nvme1n1", "nvme2n1"], level=10)
+    md = node.add_md("md127", ["nvme1n1", "nvme2n1"], level="raid10")
+    (node.sys / "block/md127/md/degraded").write_text("1\n")
+    node.mount(md, "/mnt/k8s-disks/0", source="/dev/md127")
+    (node.root / "mnt/k8s-disks/0").mkdir(parents=True)
+    (node.root / "run/nodeagent").mkdir(parents=True)
+    (node.root / "run/nodeagent/disks-setup.json").write_text(
+        json.dumps({"duration_seconds": 12.5, "converged": True}))
+    metrics.set_disk_metrics(disk_metrics_snapshot(node.host(), Options()))
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert "nodeagent_disks_arrays 1.0" in text
+    assert "nodeagent_disks_arrays_healthy 0.0" in text  # degraded
+    assert "nodeagent_disks_array_degraded_members 1.0" in text
+    assert "nodeagent_disks_setup_duration_seconds 12.5" in text
+    assert 'nodeagent_disks_volume_free_bytes{mountpoint="/mnt/k8s-disks/0"}' in text

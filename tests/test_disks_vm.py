@@ -113,7 +113,11 @@ def test_vm_raid0_lifecycle(tmp_path):
     assert "written-after-setup" in bound
     check_copy(first["source_manifest"][containerd],
                {k: v for k, v in bound.items() if k != "written-after-setup"})
-    # The root volume's own copy is untouched (nothing deleted, nothing re-copied).
+    # The root volume's own copy is untouched (nothing deleted, nothing re-copied); setup
+    # only made the missing /var/log/pods mount point there.
+    pods = "/run/ebs/var/log/pods"
+    assert second["source_manifest"].pop(pods) == {".": {
+        "type": 0o40000, "mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0, "xattrs": {}}}
     assert second["source_manifest"] == first["source_manifest"]
     check_converged_rerun(second)
 

@@ -66,9 +66,13 @@ class SetupResult:
 
 def setup(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None) -> SetupResult:
     started = time.monotonic()
-    facts = gather(host, opts, blkid)
-    plan = make_plan(facts, opts)
-    host.timings["discover"] = time.monotonic() - started
+    plan = make_plan(gather(host, opts, blkid), opts)
+    if plan.steps and _udev_running(host):
+        # About to change something: first let udev finish the events in flight (disks
+        # still being probed at boot), then look again, so no disk is missed.
+        _settle(host)
+        plan = make_plan(gather(host, opts, blkid), opts)
+    host.timings["discover"] = time.monotonic() - started - host.timings.get("udev", 0.0)
     if plan.refusals:
         raise SetupRefused("disks setup refused, nothing changed:\n  - "
                            + "\n  - ".join(plan.refusals))
@@ -89,7 +93,9 @@ def setup(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None)
 
 
 def _check_converged(host: Host, opts: Options, blkid: signatures.BlkidProbe | None) -> bool:
+    start = time.monotonic()
     after = make_plan(gather(host, opts, blkid), opts)
+    host.timings["converge-check"] += time.monotonic() - start
     if after.bottlerocket or after.converged:
         return True
     left = [s.describe() for s in after.steps] + after.refusals
@@ -189,7 +195,7 @@ def _wait_for(what: str, check: Callable[[], object], timeout: float = DEVICE_WA
 
 def _settle(host: Host) -> None:
     if _udev_running(host):
-        host.run(["udevadm", "settle", "--timeout=30"], check=False, category="udev")
+        host.run(["udevadm", "settle", "--timeout=60"], check=False, category="udev")
 
 
 def _wait_for_array(run: Runtime, name: str, members: tuple[str, ...]) -> str:
@@ -219,9 +225,10 @@ def _set_device(run: Runtime, index: int, device: str) -> None:
 
 def _mkfs(run: Runtime, step: st.MakeFilesystem) -> None:
     volume = run.volumes[step.volume]
-    dev = str(run.host.dev / volume.device)
+    dev = f"/dev/{volume.device}"  # for commands, which run in the host's namespaces
+    seen_at = str(run.host.dev / volume.device)  # for our own reads
     size = int(sysfs.read_attr(run.host.sysfs / "block" / volume.device / "size") or 0) * 512
-    found = signatures.probe(dev, size)
+    found = signatures.probe(seen_at, size)
     if step.when == "if-blank" and not found.blank and not found.incomplete:
         if found.kind != "filesystem":
             raise NodeagentError(f"{dev} carries {found.describe()}: not formatting it")
@@ -229,7 +236,7 @@ def _mkfs(run: Runtime, step: st.MakeFilesystem) -> None:
     else:
         run.host.run(_mkfs_argv(step, dev, overwrite=step.overwrite or found.incomplete),
                      category="mkfs", timeout=3600)
-        found = signatures.probe(dev, size)
+        found = signatures.probe(seen_at, size)
         if found.kind != "filesystem":
             raise NodeagentError(f"mkfs on {dev} left no readable filesystem")
     run.volumes[step.volume] = replace(volume, fstype=found.fstype, fs_uuid=found.uuid,

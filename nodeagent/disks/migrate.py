@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def copy_dir(host: Host, source: str, target: str, content: bool = True) -> Tree
     with _progress(dst.parent, source, stats.allocated):
         host.run(["cp", "-a", "--sparse=auto", source, str(staging_path(Path(target)))],
                  category="copy", timeout=24 * 3600)
+    start = time.monotonic()
     check_copy(src, staging, content)
+    host.timings["copy-check"] += time.monotonic() - start
     os.rename(staging, dst)
     log.info("copy checked", extra=fields(source=source, target=target))
     return stats
