@@ -67,3 +67,17 @@ def test_console_reporter_draws_once_more_on_close_and_only_once():
     reporter.update([ImageState("reg/a:1", "failed")], None)
     assert out.getvalue().count("reg/a:1") == 2  # the update, then the final draw
     assert "failed" not in out.getvalue()
+
+
+def test_log_reporter_logs_state_changes_and_progress_every_interval(caplog):
+    caplog.set_level(logging.INFO, logger="nodeagent.prewarm")
+    reporter = console.LogReporter(interval_s=3600)
+    pulling = ImageState("reg/a:1", "pulling", bytes_done=5 * MiB, bytes_total=10 * MiB,
+                         rate_bps=MiB, eta_s=5, phase="downloading", attempts=1)
+    reporter.update([pulling], None)  # first progress line for a new image
+    reporter.update([pulling], None)  # within the interval: nothing
+    reporter.event(ImageState("reg/a:1", "present", pinned=True))
+    records = [(r.getMessage(), r.fields) for r in caplog.records]
+    assert [m for m, _ in records] == ["pull progress", "image present"]
+    assert records[0][1]["percent"] == 50.0 and records[0][1]["mib_per_s"] == 1.0
+    assert records[1][1]["pinned"] is True
