@@ -225,7 +225,8 @@ class LogReporter:
         for s in states:
             if s.state != "pulling":
                 continue
-            if now - self._last.get(s.image, 0.0) >= self.interval_s:
+            last = self._last.get(s.image)
+            if last is None or now - last >= self.interval_s:
                 self._last[s.image] = now
                 log.info("pull progress", extra=fields(
                     image=s.image, phase=s.phase, bytes_done=s.bytes_done,
