@@ -338,3 +338,22 @@ async def test_disk_guard_skips_an_image_that_would_pass_the_high_water_mark(
         assert text in skipped.message
     assert not any(r.target_digest == big.digest for r in records)  # nothing pulled
     assert "skipped" in summary.text() and big.ref in summary.text()
+
+
+async def test_unreadable_manifest_falls_back_to_progress_without_total(
+        containerd, image_pusher, tmp_path, caplog):
+    """Our manifest reader is pointed (hosts.toml) at a dead server while containerd pulls
+    from the real registry: the pull still succeeds, with bytes but no known total."""
+    pushed = image_pusher("unresolved", [3 * MiB])
+    hosts = tmp_path / "hosts"
+    (hosts / pushed.host).mkdir(parents=True)
+    (hosts / pushed.host / "hosts.toml").write_text('server = "http://127.0.0.1:9"\n')
+    caplog.set_level("INFO", logger="nodeagent.prewarm.engine")
+    async with ContainerdClient(containerd.address) as client:
+        engine = PrewarmEngine(client, None, EngineConfig(hosts_dir=hosts, **FAST))
+        summary = await engine.reconcile(desired(pushed.ref))
+        recs = await records_of(client, pushed.digest)
+    assert summary.ok, summary.text()
+    assert summary.states[0].bytes_total is None
+    assert "cannot read the manifest" in caplog.text
+    assert len(recs) == 3 and all(r.labels[plan.PINNED_LABEL] == "true" for r in recs)
