@@ -163,7 +163,7 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
         log.info("hot list written", extra=fields(file=str(hotlist)))
         globals_ = ["--log-level", args.log_level, "--log-format", args.log_format]
         run_cli(globals_, ["prewarm", "-f", str(hotlist), "--once"], containerd)
-        run_cli(globals_, ["images"], containerd)
+        run_cli(globals_, ["images", "-f", str(hotlist)], containerd)
         if args.keep:
             pids = {"docker-registry": registry.pid, "containerd": containerd.pid}
             _write_marker(workdir, {k: v for k, v in pids.items() if v is not None})
@@ -254,7 +254,7 @@ Demo left running (work dir {workdir}):
 
 Try:
   export NODEAGENT_CONTAINERD_ADDRESS={containerd.address}
-  nodeagent images
+  nodeagent images -f {hotlist}
   nodeagent prewarm -f {hotlist} --once
   ctr --address {containerd.address} -n k8s.io images ls
 
