@@ -357,3 +357,14 @@ def test_foreign_bind_mount_is_left_alone(node):
     kubelet = next(b for b in plan.binds if b.path == "/var/lib/kubelet")
     assert kubelet.state == "left-alone"
     assert "/var/lib/kubelet" not in [s.path for s in plan.steps if isinstance(s, st.MoveDir)]
+
+
+def test_array_of_our_name_over_ebs_volumes_is_not_adopted(node):
+    node.add_disk("nvme1n1", model=EBS, serial="vol0a")
+    node.add_disk("nvme2n1", model=EBS, serial="vol0b")
+    node.add_md_members(["nvme1n1", "nvme2n1"])
+    node.add_md("md127", ["nvme1n1", "nvme2n1"])
+    node.add_disk("nvme3n1")
+    plan = plan_for(node)
+    assert "built from disks that are not eligible instance store" in plan.notes[0]
+    assert plan.volumes[0].members == ("nvme3n1",) and plan.volumes[0].kind == "disk"

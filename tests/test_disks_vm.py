@@ -17,6 +17,7 @@ Every `nodeagent disks` call in the VM is the single-file zipapp run by the syst
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def test_vm_raid0_lifecycle(tmp_path):
     check_converged_rerun(third)
     print(json.dumps({"boot_seconds": [first["_seconds"], second["_seconds"],
                                        third["_seconds"]]}))
+    shutil.rmtree(work)  # kept only when a check failed, for its logs
 
 
 OTHERS = ["FOREIGN1", "SINGLE1", "R10_1", "R10_2", "R10_3", "R10_4", "EXT1", "EXT2",
@@ -215,3 +217,5 @@ def test_vm_other_scenarios(tmp_path):
     assert killed["mounts_after"]["/run/t-killed/var/lib/containerd"]["source"].endswith(
         "[/run-t-killed-var-lib-containerd]")
     check_converged_rerun(killed)
+    print(json.dumps({"boot_seconds": r["_seconds"], "driver_seconds": r["_driver_seconds"]}))
+    shutil.rmtree(work)

@@ -205,7 +205,9 @@ def _wait_for_array(run: Runtime, name: str, members: tuple[str, ...]) -> str:
     start = time.monotonic()
     md = str(_wait_for(f"md array over {', '.join(members)}",
                        lambda: _find_array(host, members)))
-    _settle(host)
+    host.timings["udev"] += time.monotonic() - start
+    _settle(host)  # timed by host.run
+    start = time.monotonic()
     if _udev_running(host):
         link = host.dev / "md" / name
         _wait_for(f"udev link {link}", lambda: link.exists() and link.resolve().name == md)

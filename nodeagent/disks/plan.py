@@ -216,9 +216,13 @@ def _plan_array_strategy(facts: Facts, opts: Options, plan: Plan,
     if plan.refusals:
         _note_unused(plan, usable)
         return
-    if ours_active:
-        _reuse_array(plan, opts, ours_active[0], usable)
-        return
+    names = {c.disk.name for c in usable}
+    for array in ours_active:
+        if set(array.members) <= names:
+            _reuse_array(plan, opts, array, usable)
+            return
+        plan.notes.append(f"array {array.name} is named '{opts.array_name}' but is built "
+                          "from disks that are not eligible instance store: left alone")
     groups = _md_groups(usable, opts)
     if groups:
         _assemble_or_recreate(plan, opts, facts, groups, usable)
