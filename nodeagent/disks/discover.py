@@ -36,7 +36,7 @@ def gather(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None
         os_id=read_os_id(host), discovery=reader, systemd=systemd_running(host),
     )
     facts.dirs.update({b: _dir_state(host, b, facts) for b in binds})
-    facts.volume_dirs.update(_volume_dirs(host, opts, binds, len(disks)))
+    facts.volume_dirs.update(_volume_dirs(host, opts, binds))
     facts.units.update(_read_units(host, Path(opts.units_dir)))
     moving = [b for b, st in facts.dirs.items() if st.mount is None]
     owners = sorted({s for b in moving for s in opts.owners(b)})
@@ -102,16 +102,12 @@ def _dir_state(host: Host, path: str, facts: Facts) -> DirState:
                     mount=facts.mount_at(path))
 
 
-def _volume_dirs(host: Host, opts: Options, binds: tuple[str, ...],
-                 max_volumes: int) -> dict[str, bool]:
-    """Which copy targets already exist on mounted volumes (a finished earlier copy)."""
-    found = {}
-    for index in range(max(1, max_volumes)):
-        base = opts.volume_mountpoint(index)
-        for b in binds:
-            target = f"{base}/{bind_target_name(b)}"
-            found[target] = host.path(target).is_dir()
-    return found
+def _volume_dirs(host: Host, opts: Options, binds: tuple[str, ...]) -> dict[str, bool]:
+    """Which copy targets already exist under volume 0's mount point (a finished earlier
+    copy; plan() only trusts this while the volume is mounted there)."""
+    base = opts.volume_mountpoint(0)
+    return {f"{base}/{bind_target_name(b)}": host.path(f"{base}/{bind_target_name(b)}").is_dir()
+            for b in binds}
 
 
 def _read_units(host: Host, units_dir: Path) -> dict[str, str]:
