@@ -235,3 +235,9 @@ def test_node_selection_without_and_with_node_labels(tmp_path):
     assert parse_node_labels("a=1, b=2") == {"a": "1", "b": "2"}
     with pytest.raises(UsageError, match="not key=value"):
         parse_node_labels("a")
+
+
+def test_default_concurrency_is_cpus_plus_one_between_2_and_4():
+    from nodeagent.prewarm.config import default_concurrency
+
+    assert [default_concurrency(n) for n in (1, 2, 3, 96)] == [2, 3, 4, 4]

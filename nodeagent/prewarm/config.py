@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from nodeagent.errors import UsageError
 from nodeagent.prewarm.diskguard import DEFAULT_HIGH_WATER_PERCENT, DEFAULT_UNPACKED_RATIO
 
-# Chosen with bench/prewarm_bench.py on a 2-core machine: see README "Prewarm benchmark".
-DEFAULT_CONCURRENCY = 3
+
+def default_concurrency(cpus: int | None = None) -> int:
+    """Images pulled at once: CPUs + 1, between 2 and 4.
+
+    containerd unpacks one image's layers one after the other on one core, so parallel
+    images are what uses several cores, and one more keeps a download going while the
+    cores unpack. bench/prewarm_bench.py on a 2-core machine: concurrency 3 and 4 had
+    the best median wall time, 2 the best single run (README "Prewarm benchmark"). The
+    cap keeps registries and disks from being flooded on big nodes (CRI already fetches
+    up to 3 layers per image).
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 2)
+    return max(2, min(4, cpus + 1))
+
+
+DEFAULT_CONCURRENCY = default_concurrency()
 DEFAULT_STALL_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 5
 
