@@ -421,7 +421,7 @@ async def test_an_internal_task_failure_stops_the_agent_for_a_restart(api, conta
     agent.engine.run = broken_engine
     try:
         with pytest.raises(NodeagentError, match="engine: RuntimeError: engine bug"):
-            await asyncio.wait_for(agent.run(asyncio.Event()), 15)
+            await asyncio.wait_for(agent.run(asyncio.Event()), 60)
         assert agent.health.live() == (False, "engine: RuntimeError: engine bug")
     finally:
         await client.close()
