@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodeagent import metrics
+from nodeagent.aio import sleep_unless, wait_any
 from nodeagent.errors import NodeagentError
 from nodeagent.kube.events import EventRecorder
 from nodeagent.kube.nodestatus import Condition, NodeConditionReporter, compute_condition
@@ -282,7 +283,7 @@ class Agent:
             except Exception:  # one bad pass must not kill the agent
                 log.exception("agent control loop error")
             self.health.beat()
-            await _wait_any(stop, self._wake, self._next_timer())
+            await wait_any(stop, self._wake, self._next_timer())
 
     async def step(self) -> None:
         """One pass of the control loop (also called by tests)."""
@@ -439,7 +440,7 @@ class Agent:
             except Exception as exc:  # metrics must never take the agent down
                 log.warning("cannot read local disk status", extra=fields(
                     error=redact_text(str(exc))))
-            await _wait_any(stop, asyncio.Event(), self.config.disks_status_interval_s)
+            await sleep_unless(stop, self.config.disks_status_interval_s)
 
     async def _storage_setup(self) -> None:
         spec, args = self.config.startup_taint, self.config.disks_setup_args
@@ -512,15 +513,6 @@ def build_keyring(config: AgentConfig) -> Any:
     return rings[0] if len(rings) == 1 else auth.ChainKeyring(rings)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 # ------------------------------------------------------------------ process entry
 
 
@@ -576,5 +568,5 @@ async def connect_containerd(client: Any, stop: asyncio.Event,
             delay = backoff.delay()
             log.warning("containerd not available yet; retrying", extra=fields(
                 address=client.address, error=redact_text(str(exc)), retry_in_s=round(delay, 1)))
-            await _wait_any(stop, asyncio.Event(), delay)
+            await sleep_unless(stop, delay)
     return False

@@ -65,7 +65,7 @@ def _array(host: Host, dev: BlockDevice, sigs: dict[str, Signature],
     members = tuple(sorted(sysfs.lower_disks(host.sysfs, dev.name)))
     member_sig = next((sigs[m] for m in members if m in sigs and sigs[m].md), None)
     if member_sig is None and members:
-        member_sig = _probe_member(host, dev.slaves)
+        member_sig = probe_md_member(host, dev.slaves)
     md = member_sig.md if member_sig else None
     uuid = attr("uuid")
     active = state not in ("inactive", "clear", "")
@@ -83,7 +83,8 @@ def _array(host: Host, dev: BlockDevice, sigs: dict[str, Signature],
     )
 
 
-def _probe_member(host: Host, slaves: tuple[str, ...]) -> Signature | None:
+def probe_md_member(host: Host, slaves: tuple[str, ...]) -> Signature | None:
+    """The md superblock read from the first readable member of an array."""
     for slave in slaves:
         size = sysfs.read_attr(host.sysfs / "class" / "block" / slave / "size")
         try:

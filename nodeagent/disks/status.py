@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from nodeagent.disks import signatures, sysfs
-from nodeagent.disks.discover import gather
+from nodeagent.disks import sysfs
+from nodeagent.disks.discover import gather, probe_md_member
 from nodeagent.disks.host import Host
 from nodeagent.disks.mountinfo import read_mountinfo
 from nodeagent.disks.options import Options
@@ -101,13 +101,5 @@ def disk_metrics_snapshot(host: Host | None = None,
 
 
 def _array_name(host: Host, slaves: tuple[str, ...]) -> str:
-    for slave in slaves:
-        size = sysfs.read_attr(host.sysfs / "class" / "block" / slave / "size")
-        try:
-            sig = signatures.probe(str(host.dev / slave), int(size or 0) * 512,
-                                   blkid=lambda _p: {})
-        except signatures.ProbeError:
-            continue
-        if sig.md:
-            return sig.md.name
-    return ""
+    sig = probe_md_member(host, slaves)
+    return sig.md.name if sig and sig.md else ""

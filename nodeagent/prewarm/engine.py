@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nodeagent import metrics
+from nodeagent.aio import wait_any
 from nodeagent.containerd.model import (
     ContainerdError,
     ContainerdUnavailable,
@@ -265,7 +266,7 @@ class PrewarmEngine:
                         log.warning("reconcile failed; retrying", extra=fields(
                             error=redact_text(str(exc)), retry_s=retry_s))
                         wait_s, retry_s = retry_s, min(60.0, retry_s * 2)
-                    await _wait_any(stop, self._wake, wait_s or self._next_wake())
+                    await wait_any(stop, self._wake, wait_s or self._next_wake())
         finally:
             events.cancel()
             for task in list(self._pulls.values()):
@@ -683,11 +684,3 @@ def _key(image: DesiredImage) -> str:
     return str(image.reference) if image.platform is None else (
         f"{image.reference} ({image.platform})")
 
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
