@@ -29,7 +29,9 @@ def redact_text(text: str) -> str:
 
 
 def redact_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: (REDACTED if _SECRET_KEYS.search(k) else v) for k, v in fields.items()}
+    """Mask secret-named keys; drop unset (None) fields so log lines stay short."""
+    return {k: (REDACTED if _SECRET_KEYS.search(k) else v)
+            for k, v in fields.items() if v is not None}
 
 
 class JsonFormatter(logging.Formatter):
