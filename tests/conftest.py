@@ -246,3 +246,11 @@ def image_pusher(registry: LocalRegistry, image_cache: Path) -> ImagePusher:
         return PushedImage(image, target.host)
 
     return push
+
+
+@pytest.fixture(autouse=True)
+def _disk_guard_off_for_the_host_disk(monkeypatch):
+    """The test machine's own disk is not a kubelet image filesystem and may be more than
+    80% used: tests turn the disk-space guard off (NODEAGENT_HIGH_WATER=100) unless they
+    set a high-water mark themselves (the guard's tests use a small loop-mounted fs)."""
+    monkeypatch.setenv("NODEAGENT_HIGH_WATER", "100")

@@ -64,3 +64,24 @@ def test_unmeasurable_filesystem_is_a_clear_error(tmp_path):
         diskguard.read_fs_status([missing])
     with pytest.raises(diskguard.DiskGuardError, match="no image filesystem"):
         diskguard.read_fs_status([])
+
+
+def test_high_water_mark_from_the_environment(monkeypatch):
+    from nodeagent.prewarm.config import EngineConfig
+
+    monkeypatch.setenv("NODEAGENT_HIGH_WATER", "90")
+    assert EngineConfig().high_water_percent == 90
+    assert EngineConfig(high_water_percent=70).high_water_percent == 70
+    monkeypatch.delenv("NODEAGENT_HIGH_WATER")
+    assert EngineConfig().high_water_percent == 80
+
+
+def test_bad_high_water_environment_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):
+    from nodeagent.cli import main
+
+    hot = tmp_path / "hot.yaml"
+    hot.write_text("apiVersion: nodeagent.io/v1alpha1\nkind: HotImageSet\n"
+                   "metadata: {name: a}\nspec: {images: [{image: 'reg.example/a:1'}]}\n")
+    monkeypatch.setenv("NODEAGENT_HIGH_WATER", "lots")
+    assert main(["prewarm", "-f", str(hot), "--containerd-address", str(tmp_path / "no.sock")]) == 2
+    assert "NODEAGENT_HIGH_WATER='lots' is not a percentage" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from nodeagent.prewarm.config import (
     DEFAULT_STALL_TIMEOUT_S,
     EngineConfig,
 )
-from nodeagent.prewarm.diskguard import DEFAULT_HIGH_WATER_PERCENT
+from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
 
 DEFAULT_TAINT = "nodeagent.io/not-ready:NoSchedule"
 DEFAULT_METRICS_PORT = 9464
@@ -115,9 +115,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S, metavar="S",
                    help="cancel and retry a pull after S seconds without a new byte")
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N")
-    p.add_argument("--high-water", type=float, default=DEFAULT_HIGH_WATER_PERCENT,
+    p.add_argument("--high-water", type=float, default=None,
                    metavar="PERCENT", help="skip pulls that would fill the image filesystem "
-                   f"past PERCENT (default {DEFAULT_HIGH_WATER_PERCENT:g})")
+                   f"past PERCENT (env {HIGH_WATER_ENV}; default 80)")
     p.add_argument("--hosts-dir", type=Path, default=_env("HOSTS_DIR"), metavar="DIR",
                    help="containerd hosts.toml directory (registry mirrors), for manifests")
     p.add_argument("--host-root", default=_env("HOST_ROOT", ""), metavar="DIR",
@@ -145,7 +145,7 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         disks_options(disks_args)  # bad arguments fail now, not on the first boot
     engine = EngineConfig(
         concurrency=args.concurrency, stall_timeout_s=args.stall_timeout,
-        max_retries=args.max_retries, high_water_percent=args.high_water,
+        max_retries=args.max_retries, **high_water_override(args.high_water),
         unpin_removed=not args.no_unpin, hosts_dir=args.hosts_dir, host_root=args.host_root,
     )
     return AgentConfig(

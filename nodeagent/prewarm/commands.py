@@ -28,7 +28,7 @@ from nodeagent.prewarm.config import (
     DEFAULT_STALL_TIMEOUT_S,
     EngineConfig,
 )
-from nodeagent.prewarm.diskguard import DEFAULT_HIGH_WATER_PERCENT
+from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
@@ -73,9 +73,9 @@ def _register_prewarm(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N",
                    help=f"retries per image, with exponential backoff (default "
                         f"{DEFAULT_MAX_RETRIES})")
-    p.add_argument("--high-water", type=float, default=DEFAULT_HIGH_WATER_PERCENT,
+    p.add_argument("--high-water", type=float, default=None,
                    metavar="PERCENT", help="skip a pull that would fill the image filesystem "
-                   f"past PERCENT (default {DEFAULT_HIGH_WATER_PERCENT:g}; kubelet image GC "
+                   f"past PERCENT (env {HIGH_WATER_ENV}; default 80; kubelet image GC "
                    "starts at 85; 100 disables the check)")
     p.add_argument("--docker-config", action="append", type=Path, default=[], metavar="FILE",
                    help="registry credentials: docker config.json / .dockerconfigjson "
@@ -179,7 +179,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         hosts_dir = DEFAULT_HOSTS_DIR
     return EngineConfig(
         concurrency=args.concurrency, stall_timeout_s=args.stall_timeout,
-        max_retries=args.max_retries, high_water_percent=args.high_water,
+        max_retries=args.max_retries, **high_water_override(args.high_water),
         unpin_removed=not args.no_unpin, remove_unlisted=args.remove_unlisted,
         hosts_dir=hosts_dir,
     )

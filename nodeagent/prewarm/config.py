@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.errors import UsageError
-from nodeagent.prewarm.diskguard import DEFAULT_HIGH_WATER_PERCENT, DEFAULT_UNPACKED_RATIO
+from nodeagent.prewarm.diskguard import DEFAULT_UNPACKED_RATIO, default_high_water_percent
 
 
 def default_concurrency(cpus: int | None = None) -> int:
@@ -38,7 +38,7 @@ class EngineConfig:
     max_retries: int = DEFAULT_MAX_RETRIES  # retries after the first attempt
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 300.0
-    high_water_percent: float = DEFAULT_HIGH_WATER_PERCENT  # >= 100 disables
+    high_water_percent: float = field(default_factory=default_high_water_percent)  # 100: off
     unpacked_ratio: float = DEFAULT_UNPACKED_RATIO
     unpin_removed: bool = True  # unpin images (we pinned) that left the hot list
     remove_unlisted: bool = False  # also remove images we pulled/pinned that left it

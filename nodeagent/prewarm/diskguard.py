@@ -16,16 +16,34 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodeagent.console import fmt_bytes
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import NodeagentError, UsageError
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import FsUsage
 
 DEFAULT_HIGH_WATER_PERCENT = 80.0
+HIGH_WATER_ENV = "NODEAGENT_HIGH_WATER"
 # Unpacked layers take about this many times their compressed size (gzip on typical image
 # content); containerd keeps the compressed blobs too, so an image needs
 # compressed * (1 + ratio) bytes.
 DEFAULT_UNPACKED_RATIO = 2.0
+
+
+def default_high_water_percent() -> float:
+    """$NODEAGENT_HIGH_WATER when set (the DaemonSet configures flags by env), else 80."""
+    text = os.environ.get(HIGH_WATER_ENV, "").strip()
+    if not text:
+        return DEFAULT_HIGH_WATER_PERCENT
+    try:
+        return float(text.rstrip("%"))
+    except ValueError:
+        raise UsageError(f"{HIGH_WATER_ENV}={text!r} is not a percentage (e.g. 80)") from None
+
+
+def high_water_override(flag: float | None) -> dict[str, float]:
+    """EngineConfig keyword for an explicit --high-water; without it the config's default
+    (env, then 80) applies, read when the handler runs so a bad env is a clean error."""
+    return {} if flag is None else {"high_water_percent": flag}
 
 
 class DiskGuardError(NodeagentError):
