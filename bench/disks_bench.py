@@ -96,7 +96,10 @@ def main() -> int:
     parser.add_argument("--data-mib", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    work_base = REPO / ".work" / "bench"
+    sys.path.insert(0, str(REPO / "tests"))
+    from disks_vm import shared_base  # the VM shares only some host paths
+
+    work_base = shared_base() / "bench"
     work_base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_s, tempfile.TemporaryDirectory(
             dir=work_base) as work_s:

@@ -2,9 +2,10 @@
 
 virtme-ng boots this host's kernel with this host's filesystem (9p, read-write) as root,
 so the VM runs the repo's code and the host's mdadm/mkfs/udev. Inside the VM /tmp is an
-overlay that the host does not see: the work directory (driver results) lives under the
-repo's ignored .work/ instead; disk images stay in pytest's tmp dir (QEMU opens them on
-the host side).
+overlay that the host does not see (so are /var/tmp, /var/cache, /var/log and /run): the
+work directory (driver results) lives under the repo's ignored .work/ instead, or under
+/var/lib/nodeagent-tests when the repo itself is in such a place (a CI clone under /tmp);
+disk images stay in pytest's tmp dir (QEMU opens them on the host side).
 """
 
 from __future__ import annotations
@@ -63,8 +64,21 @@ def blank_disk(directory: Path, serial: str, size: int = GIB) -> Disk:
     return Disk(path, serial)
 
 
+# Host paths the VM does not share: virtme-ng mounts a tmpfs or an overlay over them.
+GUEST_PRIVATE = tuple(Path(p) for p in ("/tmp", "/var/tmp", "/var/log", "/var/cache", "/run"))
+SHARED_FALLBACK = Path("/var/lib/nodeagent-tests")
+
+
+def shared_base() -> Path:
+    """A directory the host and the VM both see, for results written inside the VM."""
+    repo = REPO.resolve()
+    if any(p == repo or p in repo.parents for p in GUEST_PRIVATE):
+        return SHARED_FALLBACK
+    return repo / ".work"
+
+
 def workdir(name: str) -> Path:
-    base = REPO / ".work" / "vm" / f"{name}-{uuid.uuid4().hex[:8]}"
+    base = shared_base() / "vm" / f"{name}-{uuid.uuid4().hex[:8]}"
     base.mkdir(parents=True)
     return base
 
