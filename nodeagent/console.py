@@ -98,7 +98,10 @@ def overall_line(states: Sequence[ImageState], fs: FsStatus | None) -> str:
     parts = [f"{counts.get('present', 0)}/{len(states)} present"]
     parts += [f"{counts[k]} {k}" for k in ("pulling", "backoff", "pending", "failed", "skipped")
               if counts.get(k)]
-    line = "  ".join([", ".join(parts), f"{fmt_bytes(done)}/{total}", fmt_rate(rate)])
+    fields = [", ".join(parts), f"{fmt_bytes(done)}/{total}"]
+    if active:  # a rate of an idle or finished run would only read as "stuck at 0"
+        fields.append(fmt_rate(rate))
+    line = "  ".join(fields)
     if fs is not None:
         line += f"  image fs {fs.used_percent:.0f}% of {fmt_bytes(fs.capacity_bytes)}"
     return line

@@ -81,3 +81,12 @@ def test_log_reporter_logs_state_changes_and_progress_every_interval(caplog):
     assert [m for m, _ in records] == ["pull progress", "image present"]
     assert records[0][1]["percent"] == 50.0 and records[0][1]["mib_per_s"] == 1.0
     assert records[1][1]["pinned"] is True
+
+
+def test_overall_line_shows_a_rate_only_while_pulling():
+    from nodeagent.console import overall_line
+    from nodeagent.prewarm.state import ImageState
+
+    done = ImageState(image="reg/a:1", state="present", bytes_done=100, bytes_total=100)
+    assert "MiB/s" not in overall_line([done], None)
+    assert overall_line([done], None).startswith("1/1 present  100 B/100 B")
