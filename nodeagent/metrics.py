@@ -339,7 +339,7 @@ def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes every few seconds would flood the log
+            """Silent: scrapes every few seconds would flood the log."""
 
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True

@@ -10,6 +10,7 @@ that both readers report the same devices.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -107,12 +108,10 @@ def read_block_devices(sysfs_root: Path, prefer_pyudev: bool = True) -> tuple[
         list[BlockDevice], str]:
     """(devices, reader): pyudev on the real /sys when importable, else direct reads."""
     if prefer_pyudev and sysfs_root == Path("/sys"):
-        try:
+        # ImportError: no pyudev (zipapp, minimal host); OSError: pyudev without
+        # libudev.so.1. Either way the same data is read directly below.
+        with contextlib.suppress(ImportError, OSError):
             return read_pyudev(), "pyudev"
-        except ImportError:
-            pass  # no pyudev (zipapp, minimal host): same data, read directly
-        except OSError:
-            pass  # pyudev present but libudev.so.1 missing
     return read_sysfs(sysfs_root), "sysfs"
 
 

@@ -21,6 +21,7 @@ event loop, and must be cheap (it typically sets an asyncio.Event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -202,7 +203,8 @@ class Mirror:
             kwargs["namespace"] = self._namespace
         if self._name is not None:
             kwargs["fields"] = {"metadata.name": self._name}
-        try:
+        # A TimeoutError is our own end of this watch request: the next one starts from rv.
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(client_timeout):
                 async for event_type, obj in self._client.watch(self._res, **kwargs):
                     self.connected = True
@@ -210,8 +212,6 @@ class Mirror:
                     if event_type != "BOOKMARK":
                         self._apply(event_type, obj)
                     self._backoff.reset()
-        except TimeoutError:
-            pass  # our own end of this watch request: start the next one from rv
         return rv
 
     def _apply(self, event_type: str, obj: Any) -> None:
