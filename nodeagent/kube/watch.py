@@ -189,7 +189,9 @@ class Mirror:
         return None  # watch from "now": the synthetic ADDED repeats the current object
 
     def _replace(self, items: dict[str, Any]) -> None:
-        changed = _versions(items) != _versions(self.items)
+        # The first sync is news even when the list is empty: "no HotImageSets" is a
+        # selection the agent acts on (it must not wait for its next timer to see it).
+        changed = not self.synced.is_set() or _versions(items) != _versions(self.items)
         self.items = items
         self.connected = True
         self.synced.set()
