@@ -55,7 +55,7 @@ def plan_text(plan: Plan, facts: Facts) -> str:
     elif plan.steps:
         lines += ["", "setup would:"]
         lines += [f"  {i}. {s.describe()}" for i, s in enumerate(plan.steps, 1)]
-    else:
+    elif not plan.notes:  # the notes already say why (e.g. no instance-store disks)
         lines += ["", "nothing to do: already set up"]
     return "\n".join(lines)
 
