@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 
 from nodeagent.prewarm.hotlist import DesiredImage
-from nodeagent.prewarm.reference import parse_reference
+from nodeagent.registry.reference import parse_reference
 
 
 def desired(*refs: str, pin: bool = True, priority: int = 0, required: bool = True,

@@ -25,7 +25,7 @@ from nodeagent.prewarm.auth import (
     load_credential_provider_config,
     parse_duration,
 )
-from nodeagent.prewarm.reference import parse_reference
+from nodeagent.registry.reference import parse_reference
 
 SECRET = "s3cr3t-Pa55w0rd"
 

@@ -19,11 +19,11 @@ from nodeagent.prewarm.hotlist import (
     SecretRef,
     load_hotlist_file,
     load_hotlist_paths,
-    normalize_platform,
     parse_hotimageset,
     select_and_merge,
 )
-from nodeagent.prewarm.reference import parse_reference
+from nodeagent.registry.platform import normalize_platform
+from nodeagent.registry.reference import parse_reference
 
 D64 = "sha256:" + "ab" * 32
 

@@ -28,8 +28,8 @@ from nodeagent.kube.nodestatus import (
 from nodeagent.kube.secrets import PullSecretError, PullSecrets
 from nodeagent.kube.taint import TaintSpec, decide, removal_patch, remove_taint
 from nodeagent.prewarm.hotlist import SecretRef
-from nodeagent.prewarm.reference import parse_reference
 from nodeagent.prewarm.state import ImageState
+from nodeagent.registry.reference import parse_reference
 
 # -- pure decisions ---------------------------------------------------------------------------
 

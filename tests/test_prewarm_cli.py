@@ -19,7 +19,7 @@ from prewarm_helpers import hotlist_yaml
 from nodeagent.errors import UsageError
 from nodeagent.prewarm.commands import parse_node_labels, select_images
 from nodeagent.prewarm.hotlist import load_hotlist_file
-from nodeagent.prewarm.reference import parse_reference
+from nodeagent.registry.reference import parse_reference
 
 
 def nodeagent(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

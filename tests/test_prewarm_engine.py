@@ -180,7 +180,7 @@ async def test_wrong_password_fails_clearly_without_leaking_it(
     import base64
     import json
 
-    from nodeagent.prewarm.reference import parse_reference
+    from nodeagent.registry.reference import parse_reference
 
     pushed = auth_sample_images["python"]
     wrong = "Wr0ng-" + auth_credentials.password

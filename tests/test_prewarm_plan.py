@@ -6,7 +6,7 @@ from prewarm_helpers import desired
 
 from nodeagent.containerd.model import ImageRecord
 from nodeagent.prewarm import plan
-from nodeagent.prewarm.reference import parse_reference
+from nodeagent.registry.reference import parse_reference
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

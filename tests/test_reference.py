@@ -3,7 +3,7 @@
 import pytest
 
 from nodeagent.errors import NodeagentError
-from nodeagent.prewarm.reference import ImageReference, ReferenceError, parse_reference
+from nodeagent.registry.reference import ImageReference, ReferenceError, parse_reference
 
 D64 = "sha256:" + "0123456789abcdef" * 4
 

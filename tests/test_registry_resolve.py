@@ -16,8 +16,8 @@ import pytest
 
 from nodeagent.containerd.client import AuthConfig
 from nodeagent.errors import NodeagentError
-from nodeagent.prewarm.reference import parse_reference
-from nodeagent.prewarm.registry import (
+from nodeagent.registry.reference import parse_reference
+from nodeagent.registry.resolve import (
     RegistryError,
     ResolvedImage,
     host_default_platform,

@@ -33,7 +33,7 @@ import yaml
 from nodeagent.containerd.client import AuthConfig
 from nodeagent.errors import NodeagentError
 from nodeagent.log import fields, redact_text
-from nodeagent.prewarm.reference import DEFAULT_REGISTRY, ImageReference
+from nodeagent.registry.reference import DEFAULT_REGISTRY, ImageReference
 
 log = logging.getLogger(__name__)
 

@@ -495,7 +495,7 @@ class PrewarmEngine:
         self, image: DesiredImage, auth: AuthConfig | None
     ) -> dict[str, int] | None:
         """Layer digests and sizes from the registry, or None (progress without total)."""
-        from nodeagent.prewarm.registry import resolve_manifest
+        from nodeagent.registry.resolve import resolve_manifest
 
         try:
             resolved = await asyncio.wait_for(

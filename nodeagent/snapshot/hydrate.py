@@ -409,7 +409,7 @@ async def resolve_targets(client: ContainerdClient, images: Sequence[HotImage]
                           ) -> tuple[list[HotImage], list[str]]:
     """Target digests of the images from containerd's records; problems for the absent."""
     from nodeagent.prewarm import plan
-    from nodeagent.prewarm.reference import parse_reference
+    from nodeagent.registry.reference import parse_reference
 
     records = await client.list_image_records()
     resolved, problems = [], []

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import platform as host_platform
 import re
 import ssl
 import tomllib
@@ -32,8 +31,8 @@ from typing import Any
 from nodeagent.containerd.client import AuthConfig
 from nodeagent.errors import NodeagentError
 from nodeagent.log import redact_text
-from nodeagent.prewarm.hotlist import normalize_platform
-from nodeagent.prewarm.reference import DEFAULT_REGISTRY, ImageReference, parse_reference
+from nodeagent.registry.platform import host_default_platform, normalize_platform
+from nodeagent.registry.reference import DEFAULT_REGISTRY, ImageReference, parse_reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -48,7 +47,6 @@ DOCKER_HUB_HOST = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 4 << 20  # containerd's limit for manifests and indexes
 REQUEST_TIMEOUT_S = 30.0
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?$")
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 class RegistryError(NodeagentError):
@@ -99,11 +97,6 @@ async def resolve_manifest(ref: ImageReference | str, auth: AuthConfig | None,
     wanted = _wanted_platform(platform)
     endpoints = registry_endpoints(ref.registry, Path(hosts_dir) if hosts_dir else None)
     return await asyncio.to_thread(_Resolver(ref, auth, wanted, endpoints).resolve)
-
-
-def host_default_platform() -> str:
-    arch = _ARCH.get(host_platform.machine().lower(), host_platform.machine().lower())
-    return f"linux/{arch}"
 
 
 def _wanted_platform(text: str | None) -> str:
