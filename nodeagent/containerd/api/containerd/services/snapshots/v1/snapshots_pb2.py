@@ -23,43 +23,66 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nodeagent.containerd.api.containerd.types import mount_pb2 as containerd_dot_types_dot_mount__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0containerd/services/snapshots/v1/snapshots.proto\x12 containerd.services.snapshots.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1c\x63ontainerd/types/mount.proto\"\xc9\x01\n\x13ViewSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12Q\n\x06labels\x18\x04 \x03(\x0b\x32\x41.containerd.services.snapshots.v1.ViewSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x14ViewSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"1\n\rMountsRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"9\n\x0eMountsResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"9\n\x15RemoveSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"7\n\x13StatSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xad\x02\n\x04Info\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.containerd.services.snapshots.v1.Kind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x06labels\x18\x06 \x03(\x0b\x32\x32.containerd.services.snapshots.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x14StatSnapshotResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info*8\n\x04Kind\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x32\xc1\x03\n\tSnapshots\x12u\n\x04View\x12\x35.containerd.services.snapshots.v1.ViewSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.ViewSnapshotResponse\x12k\n\x06Mounts\x12/.containerd.services.snapshots.v1.MountsRequest\x1a\x30.containerd.services.snapshots.v1.MountsResponse\x12Y\n\x06Remove\x12\x37.containerd.services.snapshots.v1.RemoveSnapshotRequest\x1a\x16.google.protobuf.Empty\x12u\n\x04Stat\x12\x35.containerd.services.snapshots.v1.StatSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.StatSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0containerd/services/snapshots/v1/snapshots.proto\x12 containerd.services.snapshots.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1c\x63ontainerd/types/mount.proto\"\xcf\x01\n\x16PrepareSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12T\n\x06labels\x18\x04 \x03(\x0b\x32\x44.containerd.services.snapshots.v1.PrepareSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x17PrepareSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"\xcb\x01\n\x15\x43ommitSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12S\n\x06labels\x18\x04 \x03(\x0b\x32\x43.containerd.services.snapshots.v1.CommitSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc9\x01\n\x13ViewSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12Q\n\x06labels\x18\x04 \x03(\x0b\x32\x41.containerd.services.snapshots.v1.ViewSnapshotRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x14ViewSnapshotResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"1\n\rMountsRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"9\n\x0eMountsResponse\x12\'\n\x06mounts\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\"9\n\x15RemoveSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"7\n\x13StatSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xad\x02\n\x04Info\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.containerd.services.snapshots.v1.Kind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x06labels\x18\x06 \x03(\x0b\x32\x32.containerd.services.snapshots.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x14StatSnapshotResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info\"\x93\x01\n\x15UpdateSnapshotRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x34\n\x04info\x18\x02 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x16UpdateSnapshotResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32&.containerd.services.snapshots.v1.Info\"<\n\x14ListSnapshotsRequest\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x0f\n\x07\x66ilters\x18\x02 \x03(\t\"M\n\x15ListSnapshotsResponse\x12\x34\n\x04info\x18\x01 \x03(\x0b\x32&.containerd.services.snapshots.v1.Info*8\n\x04Kind\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\n\n\x06\x41\x43TIVE\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x32\x94\x07\n\tSnapshots\x12~\n\x07Prepare\x12\x38.containerd.services.snapshots.v1.PrepareSnapshotRequest\x1a\x39.containerd.services.snapshots.v1.PrepareSnapshotResponse\x12u\n\x04View\x12\x35.containerd.services.snapshots.v1.ViewSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.ViewSnapshotResponse\x12k\n\x06Mounts\x12/.containerd.services.snapshots.v1.MountsRequest\x1a\x30.containerd.services.snapshots.v1.MountsResponse\x12Y\n\x06Remove\x12\x37.containerd.services.snapshots.v1.RemoveSnapshotRequest\x1a\x16.google.protobuf.Empty\x12Y\n\x06\x43ommit\x12\x37.containerd.services.snapshots.v1.CommitSnapshotRequest\x1a\x16.google.protobuf.Empty\x12u\n\x04Stat\x12\x35.containerd.services.snapshots.v1.StatSnapshotRequest\x1a\x36.containerd.services.snapshots.v1.StatSnapshotResponse\x12{\n\x06Update\x12\x37.containerd.services.snapshots.v1.UpdateSnapshotRequest\x1a\x38.containerd.services.snapshots.v1.UpdateSnapshotResponse\x12y\n\x04List\x12\x36.containerd.services.snapshots.v1.ListSnapshotsRequest\x1a\x37.containerd.services.snapshots.v1.ListSnapshotsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nodeagent.containerd.api.containerd.services.snapshots.v1.snapshots_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_INFO_LABELSENTRY']._loaded_options = None
   _globals['_INFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_KIND']._serialized_start=1055
-  _globals['_KIND']._serialized_end=1111
-  _globals['_VIEWSNAPSHOTREQUEST']._serialized_start=179
-  _globals['_VIEWSNAPSHOTREQUEST']._serialized_end=380
-  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_start=335
-  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_end=380
-  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_start=382
-  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_end=445
-  _globals['_MOUNTSREQUEST']._serialized_start=447
-  _globals['_MOUNTSREQUEST']._serialized_end=496
-  _globals['_MOUNTSRESPONSE']._serialized_start=498
-  _globals['_MOUNTSRESPONSE']._serialized_end=555
-  _globals['_REMOVESNAPSHOTREQUEST']._serialized_start=557
-  _globals['_REMOVESNAPSHOTREQUEST']._serialized_end=614
-  _globals['_STATSNAPSHOTREQUEST']._serialized_start=616
-  _globals['_STATSNAPSHOTREQUEST']._serialized_end=671
-  _globals['_INFO']._serialized_start=674
-  _globals['_INFO']._serialized_end=975
-  _globals['_INFO_LABELSENTRY']._serialized_start=335
-  _globals['_INFO_LABELSENTRY']._serialized_end=380
-  _globals['_STATSNAPSHOTRESPONSE']._serialized_start=977
-  _globals['_STATSNAPSHOTRESPONSE']._serialized_end=1053
-  _globals['_SNAPSHOTS']._serialized_start=1114
-  _globals['_SNAPSHOTS']._serialized_end=1563
+  _globals['_KIND']._serialized_start=1944
+  _globals['_KIND']._serialized_end=2000
+  _globals['_PREPARESNAPSHOTREQUEST']._serialized_start=213
+  _globals['_PREPARESNAPSHOTREQUEST']._serialized_end=420
+  _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_start=375
+  _globals['_PREPARESNAPSHOTREQUEST_LABELSENTRY']._serialized_end=420
+  _globals['_PREPARESNAPSHOTRESPONSE']._serialized_start=422
+  _globals['_PREPARESNAPSHOTRESPONSE']._serialized_end=488
+  _globals['_COMMITSNAPSHOTREQUEST']._serialized_start=491
+  _globals['_COMMITSNAPSHOTREQUEST']._serialized_end=694
+  _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_start=375
+  _globals['_COMMITSNAPSHOTREQUEST_LABELSENTRY']._serialized_end=420
+  _globals['_VIEWSNAPSHOTREQUEST']._serialized_start=697
+  _globals['_VIEWSNAPSHOTREQUEST']._serialized_end=898
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_start=375
+  _globals['_VIEWSNAPSHOTREQUEST_LABELSENTRY']._serialized_end=420
+  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_start=900
+  _globals['_VIEWSNAPSHOTRESPONSE']._serialized_end=963
+  _globals['_MOUNTSREQUEST']._serialized_start=965
+  _globals['_MOUNTSREQUEST']._serialized_end=1014
+  _globals['_MOUNTSRESPONSE']._serialized_start=1016
+  _globals['_MOUNTSRESPONSE']._serialized_end=1073
+  _globals['_REMOVESNAPSHOTREQUEST']._serialized_start=1075
+  _globals['_REMOVESNAPSHOTREQUEST']._serialized_end=1132
+  _globals['_STATSNAPSHOTREQUEST']._serialized_start=1134
+  _globals['_STATSNAPSHOTREQUEST']._serialized_end=1189
+  _globals['_INFO']._serialized_start=1192
+  _globals['_INFO']._serialized_end=1493
+  _globals['_INFO_LABELSENTRY']._serialized_start=375
+  _globals['_INFO_LABELSENTRY']._serialized_end=420
+  _globals['_STATSNAPSHOTRESPONSE']._serialized_start=1495
+  _globals['_STATSNAPSHOTRESPONSE']._serialized_end=1571
+  _globals['_UPDATESNAPSHOTREQUEST']._serialized_start=1574
+  _globals['_UPDATESNAPSHOTREQUEST']._serialized_end=1721
+  _globals['_UPDATESNAPSHOTRESPONSE']._serialized_start=1723
+  _globals['_UPDATESNAPSHOTRESPONSE']._serialized_end=1801
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1803
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=1863
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=1865
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=1942
+  _globals['_SNAPSHOTS']._serialized_start=2003
+  _globals['_SNAPSHOTS']._serialized_end=2919
 # @@protoc_insertion_point(module_scope)

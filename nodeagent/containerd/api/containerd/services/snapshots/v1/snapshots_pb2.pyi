@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from nodeagent.containerd.api.containerd.types import mount_pb2 as _mount_pb2
 from google.protobuf.internal import containers as _containers
@@ -22,6 +23,50 @@ UNKNOWN: Kind
 VIEW: Kind
 ACTIVE: Kind
 COMMITTED: Kind
+
+class PrepareSnapshotRequest(_message.Message):
+    __slots__ = ("snapshotter", "key", "parent", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    key: str
+    parent: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, snapshotter: _Optional[str] = ..., key: _Optional[str] = ..., parent: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PrepareSnapshotResponse(_message.Message):
+    __slots__ = ("mounts",)
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
+    def __init__(self, mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ...) -> None: ...
+
+class CommitSnapshotRequest(_message.Message):
+    __slots__ = ("snapshotter", "name", "key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    name: str
+    key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, snapshotter: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ViewSnapshotRequest(_message.Message):
     __slots__ = ("snapshotter", "key", "parent", "labels")
@@ -106,3 +151,33 @@ class StatSnapshotResponse(_message.Message):
     INFO_FIELD_NUMBER: _ClassVar[int]
     info: Info
     def __init__(self, info: _Optional[_Union[Info, _Mapping]] = ...) -> None: ...
+
+class UpdateSnapshotRequest(_message.Message):
+    __slots__ = ("snapshotter", "info", "update_mask")
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    info: Info
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, snapshotter: _Optional[str] = ..., info: _Optional[_Union[Info, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateSnapshotResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: Info
+    def __init__(self, info: _Optional[_Union[Info, _Mapping]] = ...) -> None: ...
+
+class ListSnapshotsRequest(_message.Message):
+    __slots__ = ("snapshotter", "filters")
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    filters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, snapshotter: _Optional[str] = ..., filters: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSnapshotsResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: _containers.RepeatedCompositeFieldContainer[Info]
+    def __init__(self, info: _Optional[_Iterable[_Union[Info, _Mapping]]] = ...) -> None: ...
