@@ -26,6 +26,10 @@ from nodeagent.containerd.api.containerd.services.content.v1 import (
 )
 from nodeagent.containerd.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from nodeagent.containerd.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from nodeagent.containerd.api.containerd.services.introspection.v1 import (
+    introspection_pb2_grpc,
+)
+from nodeagent.containerd.api.containerd.services.leases.v1 import leases_pb2_grpc
 from nodeagent.containerd.api.containerd.services.snapshots.v1 import (
     snapshots_pb2,
     snapshots_pb2_grpc,
@@ -145,6 +149,9 @@ class _Stubs:
         self.events = events_pb2_grpc.EventsStub(channel)
         self.version = version_pb2_grpc.VersionStub(channel)
         self.snapshots = snapshots_pb2_grpc.SnapshotsStub(channel)
+        self.leases = leases_pb2_grpc.LeasesStub(channel)
+        self.introspection = introspection_pb2_grpc.IntrospectionStub(channel)
+        self.runtime = cri_pb2_grpc.RuntimeServiceStub(channel)
 
 
 class ContainerdClient:
@@ -164,6 +171,10 @@ class ContainerdClient:
         return f"ContainerdClient(address={self.address!r}, namespace={self.namespace!r})"
 
     # -- connection ------------------------------------------------------------------
+
+    def stubs(self) -> _Stubs:
+        """The service stubs (for the write-side API in ``nodeagent.containerd.store``)."""
+        return self._rpc()
 
     def _rpc(self) -> _Stubs:
         """The client's one channel, opened on first use (and again after close())."""
@@ -226,17 +237,27 @@ class ContainerdClient:
             )
         return ContainerdError(f"containerd {what} failed ({code}): {details}")
 
+    def metadata(self, lease: str | None = None) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata: the namespace, and the lease that protects what a call creates."""
+        return self._metadata + ((("containerd-lease", lease),) if lease else ())
+
     async def _call(
         self, what: str, rpc: Callable[..., Awaitable[Any]], request: Any, *,
-        none_if_not_found: bool = False,
+        none_if_not_found: bool = False, lease: str | None = None,
     ) -> Any:
         """One unary call with namespace metadata, the deadline and translated errors."""
         try:
-            return await rpc(request, metadata=self._metadata, timeout=self.timeout)
+            return await rpc(request, metadata=self.metadata(lease), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             if none_if_not_found and exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise self._error(exc, what) from None
+
+    call = _call  # the write-side API (``store``) makes its calls through this
+
+    def error(self, exc: grpc.aio.AioRpcError, what: str) -> ContainerdError:
+        """A gRPC failure as nodeagent's error type (for ``store``)."""
+        return self._error(exc, what)
 
     # -- CRI runtime.v1.ImageService -------------------------------------------------
 

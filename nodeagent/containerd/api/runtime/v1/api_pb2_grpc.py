@@ -25,6 +25,87 @@ if _version_not_supported:
     )
 
 
+class RuntimeServiceStub:
+    """RuntimeService: only Status, whose verbose info carries the CRI plugin's config (the
+    snapshotter kubelet's images are unpacked with, and the registry config_path). The
+    RuntimeStatus field (1) is left out.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Status',
+                request_serializer=runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
+                _registered_method=True)
+
+
+class RuntimeServiceServicer:
+    """RuntimeService: only Status, whose verbose info carries the CRI plugin's config (the
+    snapshotter kubelet's images are unpacked with, and the registry config_path). The
+    RuntimeStatus field (1) is left out.
+    """
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RuntimeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=runtime_dot_v1_dot_api__pb2.StatusRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_api__pb2.StatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'runtime.v1.RuntimeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('runtime.v1.RuntimeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RuntimeService:
+    """RuntimeService: only Status, whose verbose info carries the CRI plugin's config (the
+    snapshotter kubelet's images are unpacked with, and the registry config_path). The
+    RuntimeStatus field (1) is left out.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Status',
+            runtime_dot_v1_dot_api__pb2.StatusRequest.SerializeToString,
+            runtime_dot_v1_dot_api__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ImageServiceStub:
     """ImageService defines the public APIs for managing images.
     """

@@ -1,0 +1,125 @@
+"""Unpack layers in worker processes.
+
+Parsing a tar is Python code holding the GIL; in threads it would stall the event loop
+that drives the downloads and slow the other layers' decompression (measured: a busy
+Python thread doubles an ISA-L thread's time). Processes give each layer its own
+interpreter. Workers are plain ``python -m nodeagent.pull.workerproc`` children (not
+forked: grpcio's threads do not survive a fork; not multiprocessing's spawn, which
+re-imports the caller's main script) that take pickled jobs on stdin and answer on
+stdout, die with the agent (PR_SET_PDEATHSIG), and report progress through a small shared
+file the agent polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mmap
+import os
+import pickle
+import struct
+import sys
+
+from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
+
+PROGRESS = struct.Struct("<qqq")  # compressed bytes read, uncompressed bytes, cancel flag
+FRAME = struct.Struct("<Q")
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class UnpackProgress:
+    """Parent side of a job's progress file: read counters, ask the worker to stop."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, PROGRESS.size)
+            self._map = mmap.mmap(fd, PROGRESS.size)
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[int, int]:
+        compressed, uncompressed, _ = PROGRESS.unpack_from(self._map, 0)
+        return compressed, uncompressed
+
+    def cancel(self) -> None:
+        struct.pack_into("<q", self._map, 16, 1)
+
+    def close(self) -> None:
+        self._map.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def run(self, job: UnpackJob, progress_path: str) -> UnpackResult:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        payload = pickle.dumps((job, progress_path))
+        self.process.stdin.write(FRAME.pack(len(payload)) + payload)
+        await self.process.stdin.drain()
+        header = await self.process.stdout.readexactly(FRAME.size)
+        answer = pickle.loads(await self.process.stdout.readexactly(FRAME.unpack(header)[0]))
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+
+class UnpackPool:
+    """At most ``size`` layers unpacking at once, each in a worker process (started on
+    first use, reused after)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._slots = asyncio.Semaphore(self.size)
+
+    async def unpack(self, job: UnpackJob, progress: UnpackProgress) -> UnpackResult:
+        async with self._slots:
+            worker = self._idle.pop() if self._idle else await self._start()
+            try:
+                result = await asyncio.shield(asyncio.ensure_future(
+                    worker.run(job, progress.path)))
+            except asyncio.CancelledError:
+                progress.cancel()  # the worker stops at its next piece; not reused
+                self._retire(worker)
+                raise
+            except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
+                self._retire(worker)
+                raise UnpackError(f"layer {job.digest}: the unpack worker died") from None
+            except BaseException:
+                self._idle.append(worker)  # the job failed, the worker is fine
+                raise
+            self._idle.append(worker)
+            return result
+
+    async def _start(self) -> _Worker:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodeagent.pull.workerproc", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=env)
+        worker = _Worker(process)
+        self._all.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.kill()
+        self._all.discard(worker)
+
+    async def close(self) -> None:
+        for worker in list(self._all):
+            worker.kill()
+            with contextlib.suppress(Exception):
+                await worker.process.wait()
+        self._all.clear()
+        self._idle.clear()
