@@ -108,8 +108,15 @@ class FastPuller:
         config = await self._config(reference, resolved, request)
         plan = p.plan_image(reference, resolved, config)
         lease = await self._lease(plan)
-        await _ImagePull(self, plan, resolved, request, config, lease, progress).run()
-        await self.store.delete_lease(lease)
+        try:
+            await _ImagePull(self, plan, resolved, request, config, lease, progress).run()
+        finally:
+            # Success: the image records now hold everything. Failure: whatever this
+            # attempt committed goes with the lease (staged blobs stay for the retry).
+            # A killed process never gets here: its lease keeps the committed layers for
+            # the next run, which reuses the same lease, or expires.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.delete_lease(lease))
         return plan.image_id
 
     async def _config(self, reference: ImageReference, resolved: ResolvedImage,

@@ -44,9 +44,10 @@ class PrivateContainerd:
 
     def __init__(
         self, workdir: Path, root: Path | None = None, *, max_concurrent_downloads: int = 3,
-        log_level: str = "info", detach: bool = False,
+        log_level: str = "info", detach: bool = False, snapshotter: str = "overlayfs",
     ) -> None:
-        """`detach`: keep running if this process dies (else it gets SIGTERM)."""
+        """`detach`: keep running if this process dies (else it gets SIGTERM).
+        `snapshotter`: what the CRI plugin unpacks with (overlayfs, as on EKS, or native)."""
         self.workdir = Path(workdir).absolute()
         self.root = Path(root).absolute() if root else self.workdir / "root"
         self.state = self.workdir / "state"
@@ -56,6 +57,7 @@ class PrivateContainerd:
         self.max_concurrent_downloads = max_concurrent_downloads
         self.log_level = log_level
         self.detach = detach
+        self.snapshotter = snapshotter
         self.socket_dir = self._pick_socket_dir()
         self.address = str(self.socket_dir / "containerd.sock")
         self.start_time_s: float | None = None
@@ -125,7 +127,7 @@ disabled_plugins = [{disabled}]
     stream_server_port = "0"
     max_concurrent_downloads = {int(self.max_concurrent_downloads)}
     [{cri[1:-1]}.containerd]
-      snapshotter = "overlayfs"
+      snapshotter = {_q(self.snapshotter)}
     [{cri[1:-1]}.cni]
       bin_dir = {_q(self.workdir / "cni" / "bin")}
       conf_dir = {_q(self.workdir / "cni" / "conf")}

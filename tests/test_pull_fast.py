@@ -1,0 +1,274 @@
+"""The fast pull against the real thing: Debian's containerd 1.6.20 (two private
+instances, one unpacking with its own CRI pull, one filled by nodeagent) and a real
+registry. What it must show: the same rootfs as containerd's own unpack, path by path;
+an image CRI and kubelet see as a normal, unpacked image; wrong bytes and unsafe layers
+refused with nothing left behind; the fallback taken, with its reason, where the fast
+path cannot run."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+from pull_compare import describe_tree, layer_dirs, tree_differences
+from pull_features import base_entries, feature_layers, upper_entries
+
+from nodeagent.containerd.client import ContainerdClient
+from nodeagent.containerd.store import ContainerdStore
+from nodeagent.pull.plan import chain_ids
+from nodeagent.pull.preconditions import FastPathUnavailable, check_fast_path
+from nodeagent.pull.puller import FastPuller
+from nodeagent.pull.unpack import UnpackError
+from nodeagent.registry.reference import parse_reference
+from nodeagent.sandbox.containerd import PrivateContainerd
+from nodeagent.sandbox.featured import (
+    Entry,
+    build_featured,
+    build_featured_index,
+    layer_blob,
+    sparse_tar,
+)
+from nodeagent.sandbox.push import push_images
+
+pytestmark = pytest.mark.containerd
+
+
+@pytest.fixture
+def second_containerd(tmp_path: Path, containerd: PrivateContainerd):
+    """A second private containerd: the fast pull fills one, containerd's CRI the other."""
+    daemon = PrivateContainerd(tmp_path / "ctrd-fast")
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+async def fast_pull(containerd: PrivateContainerd, ref: str) -> str:
+    async with ContainerdClient(containerd.address) as client:
+        setup = await check_fast_path(ContainerdStore(client))
+        assert setup.staging.lock()
+        puller = FastPuller(client, setup)
+        try:
+            return await puller.pull(parse_reference(ref), None, None)
+        finally:
+            await puller.close()
+            setup.staging.unlock()
+
+
+def push(registry, *images) -> list[str]:
+    push_images(registry.host, list(images))
+    return [image.ref(registry.host) for image in images]
+
+
+async def assert_same_layers(image, ours: PrivateContainerd, theirs: PrivateContainerd,
+                             since: float) -> None:
+    chains = chain_ids([layer.diff_id for layer in image.layers])
+    async with ContainerdClient(ours.address) as a, ContainerdClient(theirs.address) as b:
+        mine, reference = await layer_dirs(a, chains), await layer_dirs(b, chains)
+    problems = []
+    for chain in chains:
+        diffs = tree_differences(describe_tree(mine[chain], since),
+                                 describe_tree(reference[chain], since))
+        problems += [f"layer {chain[:19]}: {d}" for d in diffs]
+    assert not problems, "\n".join(problems[:40])
+
+
+def labels_of(containerd: PrivateContainerd, what: str) -> dict[str, dict[str, str]]:
+    """Every blob (by digest), snapshot (by key) or image record (by name) with its labels,
+    read through containerd's API (``ctr`` prints label maps in random order)."""
+    keys = [line.split()[0] for line in containerd.ctr(what, "ls").splitlines()[1:]
+            if line.strip()]
+
+    async def read() -> dict[str, dict[str, str]]:
+        async with ContainerdClient(containerd.address) as client:
+            store = ContainerdStore(client)
+            found: dict[str, dict[str, str]] = {}
+            for key in keys:
+                if what == "content":
+                    info = await store.content_info(key)
+                    found[key] = info.labels if info else {}
+                elif what == "snapshots":
+                    snap = await store.snapshot("overlayfs", key)
+                    found[key] = snap.labels if snap else {}
+                else:
+                    record = await client.get_image_record(key)
+                    found[key] = record.labels if record else {}
+            return found
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+
+async def test_rootfs_equals_containerd_unpack(tmp_path, registry, containerd,
+                                               second_containerd):
+    """Every tar feature, OCI + docker media types, gzip/zstd/uncompressed, sparse,
+    empty layers, a PAX global header, and a multi-arch index: layer by layer the
+    committed trees are identical, and so are the labels containerd's GC relies on."""
+    since = time.time() - 1
+    featured = build_featured("fast/featured", feature_layers(), tmp_path / "blobs")
+    docker = build_featured("fast/docker", [layer_blob(base_entries()),
+                                            layer_blob(upper_entries())],
+                            tmp_path / "blobs", media="docker")
+    arm = build_featured("fast/multi", [layer_blob([Entry("arm", data=b"arm64")])],
+                         tmp_path / "blobs", platform="linux/arm64")
+    amd = build_featured("fast/multi", feature_layers()[:2], tmp_path / "blobs")
+    index = build_featured_index("fast/multi", [amd, arm])
+    refs = push(registry, featured, docker, index)
+    async with ContainerdClient(containerd.address) as client:
+        for ref in refs:
+            await client.pull_image(ref)
+    for ref in refs:
+        await fast_pull(second_containerd, ref)
+    for image in (featured, docker, amd):
+        await assert_same_layers(image, second_containerd, containerd, since)
+    for what in ("content", "snapshots", "images"):
+        assert labels_of(second_containerd, what) == labels_of(containerd, what), what
+    assert second_containerd.ctr("leases", "ls").splitlines()[1:] == []
+
+
+async def test_cri_sees_a_normal_image_and_never_unpacks_it_again(registry, containerd,
+                                                                   tmp_path):
+    image = build_featured("fast/cri", feature_layers()[:3], tmp_path / "blobs")
+    (ref,) = push(registry, image)
+    image_id = await fast_pull(containerd, ref)
+    assert image_id == image.config_digest
+    snapshots_before = labels_of(containerd, "snapshots")
+    async with ContainerdClient(containerd.address) as client:
+        status = None
+        for _ in range(50):  # CRI learns of new records from containerd's events
+            status = await client.image_status(ref)
+            if status is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert status is not None and status.id == image.config_digest
+        assert ref in status.repo_tags
+        listed = {i.id for i in await client.list_images()}
+        assert image.config_digest in listed
+        started = time.monotonic()
+        assert await client.pull_image(ref) == image.config_digest
+        assert time.monotonic() - started < 5
+    assert labels_of(containerd, "snapshots") == snapshots_before
+    # `ctr images mount` unpacks what is missing: nothing is, and the view has the files.
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    containerd.ctr("images", "mount", ref, str(mount))
+    try:
+        assert (mount / "usr/lib/libx.so.2").read_bytes() == b"new version"
+        assert not (mount / "etc/hostname").exists()  # whited out by layer 2
+    finally:
+        containerd.ctr("images", "unmount", "--rm", str(mount))
+    assert labels_of(containerd, "snapshots") == snapshots_before
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def corrupt_blob(registry, digest: str) -> None:
+    """Flip bytes of a stored blob (same size): the registry serves wrong bytes."""
+    hexd = digest.partition(":")[2]
+    data = registry.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+    raw = bytearray(data.read_bytes())
+    for i in range(100, len(raw), 997):
+        raw[i] ^= 0x5A
+    data.write_bytes(bytes(raw))
+
+
+def assert_nothing_of(containerd: PrivateContainerd, image) -> None:
+    assert labels_of(containerd, "images") == {}
+    chains = set(chain_ids([layer.diff_id for layer in image.layers]))
+    deadline = time.monotonic() + 10
+    while chains & set(labels_of(containerd, "snapshots")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # containerd's GC runs shortly after the lease goes
+    assert not chains & set(labels_of(containerd, "snapshots"))
+    assert containerd.ctr("leases", "ls").splitlines()[1:] == []
+
+
+async def test_wrong_bytes_from_the_registry(fresh_registry, containerd, tmp_path):
+    image = build_featured("fast/corrupt", feature_layers()[:3], tmp_path / "blobs")
+    (ref,) = push(fresh_registry, image)
+    bad = image.layers[1].digest
+    corrupt_blob(fresh_registry, bad)
+    with pytest.raises(UnpackError) as info:
+        await fast_pull(containerd, ref)
+    assert bad in str(info.value) and "does not match its digest" in str(info.value)
+    assert info.value.bad_blob
+    assert_nothing_of(containerd, image)
+
+
+async def test_path_traversal_is_refused(registry, containerd, tmp_path):
+    evil = layer_blob([Entry("ok", data=b"1"), Entry("../../escaped", data=b"owned")])
+    image = build_featured("fast/traversal", [evil], tmp_path / "blobs")
+    (ref,) = push(registry, image)
+    with pytest.raises(UnpackError, match=r'"\.\./\.\./escaped": path climbs out'):
+        await fast_pull(containerd, ref)
+    assert not any(p.name == "escaped" for p in tmp_path.rglob("escaped"))
+    assert_nothing_of(containerd, image)
+
+
+async def test_old_gnu_sparse_is_refused_like_containerd(registry, containerd,
+                                                         second_containerd, tmp_path):
+    image = build_featured("fast/gnusparse", [layer_blob(sparse_tar("gnu"))],
+                           tmp_path / "blobs")
+    (ref,) = push(registry, image)
+    async with ContainerdClient(containerd.address) as client:
+        with pytest.raises(Exception, match="unhandled tar header type 83"):
+            await client.pull_image(ref)
+    with pytest.raises(UnpackError, match="unhandled tar header type 83"):
+        await fast_pull(second_containerd, ref)
+    assert_nothing_of(second_containerd, image)
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+async def test_kubelet_pulling_the_same_image_meanwhile(registry, containerd, tmp_path):
+    """CRI PullImage (what kubelet does) racing the fast pull in the same containerd:
+    both succeed and there is one image, each layer committed once."""
+    layers = [layer_blob([Entry(f"f{i}", data=hashlib.sha256(bytes([i])).digest() * 40000)])
+              for i in range(4)]
+    image = build_featured("fast/race", layers, tmp_path / "blobs")
+    (ref,) = push(registry, image)
+
+    async def cri() -> str:
+        async with ContainerdClient(containerd.address) as client:
+            return await client.pull_image(ref)
+
+    ours, theirs = await asyncio.gather(fast_pull(containerd, ref), cri())
+    assert ours == theirs == image.config_digest
+    chains = chain_ids([layer.diff_id for layer in image.layers])
+    snapshots = labels_of(containerd, "snapshots")
+    assert sorted(snapshots) == sorted(chains)
+    assert len(labels_of(containerd, "images")) == 3
+
+
+# ----------------------------------------------------------------------------- fallback
+
+
+async def test_fallback_reason_on_the_native_snapshotter(tmp_path):
+    native = PrivateContainerd(tmp_path / "native", snapshotter="native")
+    native.start()
+    try:
+        async with ContainerdClient(native.address) as client:
+            with pytest.raises(FastPathUnavailable) as info:
+                await check_fast_path(ContainerdStore(client))
+    finally:
+        native.stop()
+    assert info.value.code == "snapshotter"
+    assert '"native" snapshotter' in str(info.value)
+
+
+async def test_fallback_reason_when_the_store_is_not_reachable(containerd, tmp_path):
+    async with ContainerdClient(containerd.address) as client:
+        with pytest.raises(FastPathUnavailable) as info:
+            await check_fast_path(ContainerdStore(client), host_root=str(tmp_path / "nohost"))
+    assert info.value.code == "not_reachable"
+    assert "not reachable here" in str(info.value)
+
