@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
-from nodeagent.containerd.api.containerd.events import image_pb2 as image_events_pb2
+from nodeagent.containerd import convert
 from nodeagent.containerd.api.containerd.services.content.v1 import (
     content_pb2,
     content_pb2_grpc,
@@ -73,69 +72,9 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.enable_http_proxy", 0),
 )
-# Event payload message per topic (type_url is "containerd.services.images.v1.<Name>").
-_EVENT_TYPES = {
-    "/images/create": image_events_pb2.ImageCreate,
-    "/images/update": image_events_pb2.ImageUpdate,
-    "/images/delete": image_events_pb2.ImageDelete,
-}
-
-
 def _status(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
     return exc.code().name, redact_text(exc.details() or "")
 
-
-def _datetime(ts: Any) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def _cri_image(msg: cri_pb2.Image) -> CriImage:
-    return CriImage(
-        id=msg.id, repo_tags=list(msg.repo_tags), repo_digests=list(msg.repo_digests),
-        size=msg.size, pinned=msg.pinned,
-    )
-
-
-def _image_record(msg: images_pb2.Image) -> ImageRecord:
-    return ImageRecord(
-        name=msg.name, labels=dict(msg.labels), target_digest=msg.target.digest,
-        target_media_type=msg.target.media_type, target_size=msg.target.size,
-    )
-
-
-def _ingest(msg: content_pb2.Status) -> IngestStatus:
-    return IngestStatus(
-        ref=msg.ref, offset=msg.offset, total=msg.total, expected=msg.expected,
-        started_at=_datetime(msg.started_at), updated_at=_datetime(msg.updated_at),
-    )
-
-
-def _fs_usage(msg: cri_pb2.FilesystemUsage) -> FsUsage:
-    return FsUsage(
-        mountpoint=msg.fs_id.mountpoint, used_bytes=msg.used_bytes.value,
-        inodes_used=msg.inodes_used.value,
-    )
-
-
-def _auth_proto(auth: AuthConfig | None) -> cri_pb2.AuthConfig | None:
-    if auth is None:
-        return None
-    return cri_pb2.AuthConfig(
-        username=auth.username, password=auth.password, auth=auth.auth,
-        server_address=auth.server_address, identity_token=auth.identity_token,
-        registry_token=auth.registry_token,
-    )
-
-
-def _decode_event(envelope: events_pb2.Envelope) -> ImageEvent | None:
-    message_type = _EVENT_TYPES.get(envelope.topic)
-    type_name = envelope.event.type_url.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-    if message_type is None or type_name != message_type.DESCRIPTOR.name:
-        log.debug("ignoring event", extra=fields(topic=envelope.topic,
-                                                 type_url=envelope.event.type_url))
-        return None
-    payload = message_type.FromString(envelope.event.value)
-    return ImageEvent(topic=envelope.topic, name=payload.name)
 
 
 class _Stubs:
@@ -264,7 +203,7 @@ class ContainerdClient:
     async def pull_image(self, ref: str, auth: AuthConfig | None = None) -> str:
         """Pull (and unpack) ref through CRI; returns the image id (image_ref)."""
         request = cri_pb2.PullImageRequest(
-            image=cri_pb2.ImageSpec(image=ref), auth=_auth_proto(auth)
+            image=cri_pb2.ImageSpec(image=ref), auth=convert.auth_proto(auth)
         )
         try:
             # No deadline: a 20 GB image may take an hour. Cancelling the awaiting task
@@ -287,13 +226,13 @@ class ContainerdClient:
     async def image_status(self, ref: str) -> CriImage | None:
         request = cri_pb2.ImageStatusRequest(image=cri_pb2.ImageSpec(image=ref))
         response = await self._call(f"image status of {ref}", self._rpc().cri.ImageStatus, request)
-        return _cri_image(response.image) if response.HasField("image") else None
+        return convert.cri_image(response.image) if response.HasField("image") else None
 
     async def list_images(self) -> list[CriImage]:
         response = await self._call(
             "CRI image list", self._rpc().cri.ListImages, cri_pb2.ListImagesRequest()
         )
-        return [_cri_image(m) for m in response.images]
+        return [convert.cri_image(m) for m in response.images]
 
     async def remove_image(self, ref: str) -> None:
         """Remove ref and all its tags (CRI semantics); absent images are not an error."""
@@ -304,7 +243,7 @@ class ContainerdClient:
         response = await self._call(
             "CRI image filesystem info", self._rpc().cri.ImageFsInfo, cri_pb2.ImageFsInfoRequest()
         )
-        return [_fs_usage(m) for m in response.image_filesystems]
+        return [convert.fs_usage(m) for m in response.image_filesystems]
 
     # -- native API (namespaced) -----------------------------------------------------
 
@@ -314,14 +253,14 @@ class ContainerdClient:
         response = await self._call(
             f"image record list in namespace {self.namespace}", self._rpc().images.List, request
         )
-        return [_image_record(m) for m in response.images]
+        return [convert.image_record(m) for m in response.images]
 
     async def get_image_record(self, name: str) -> ImageRecord | None:
         response = await self._call(
             f"lookup of image record {name}", self._rpc().images.Get,
             images_pb2.GetImageRequest(name=name), none_if_not_found=True,
         )
-        return _image_record(response.image) if response is not None else None
+        return convert.image_record(response.image) if response is not None else None
 
     async def update_image_labels(self, name: str, labels: dict[str, str]) -> None:
         """Set the given labels on image record `name`; a value of "" deletes that label."""
@@ -345,7 +284,7 @@ class ContainerdClient:
         """Active downloads (content ingests); poll this for byte progress of a pull."""
         request = content_pb2.ListStatusesRequest(filters=list(filters))
         response = await self._call("ingest status list", self._rpc().content.ListStatuses, request)
-        return [_ingest(s) for s in response.statuses]
+        return [convert.ingest(s) for s in response.statuses]
 
     async def content_exists(self, digest: str) -> bool:
         response = await self._call(
@@ -378,7 +317,7 @@ class ContainerdClient:
         stream = self._rpc().events.Subscribe(request, metadata=self._metadata)
         try:
             async for envelope in stream:
-                event = _decode_event(envelope)
+                event = convert.decode_event(envelope)
                 if event is not None:
                     yield event
         except grpc.aio.AioRpcError as exc:

@@ -58,13 +58,18 @@ async def store_layer_blob(store: ContainerdStore, setup: FastPathSetup, digest:
         await asyncio.to_thread(_link_into_store, staged, stored)
 
 
+def sync_file(path: str) -> None:
+    """Flush a staged blob to disk before containerd records it (containerd syncs its
+    blobs on commit too); called as soon as the fetch ends, so it overlaps the unpack."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _link_into_store(staged: str, stored: str) -> None:
     with contextlib.suppress(FileExistsError, OSError):
-        fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fdatasync(fd)  # containerd syncs its blobs before committing them too
-        finally:
-            os.close(fd)
         os.chmod(staged, 0o444)  # as containerd leaves its blobs
         os.link(staged, stored)
 

@@ -29,7 +29,7 @@ from nodeagent.containerd.client import AuthConfig, ContainerdClient
 from nodeagent.containerd.store import ContainerdStore
 from nodeagent.pull import plan as p
 from nodeagent.pull.commit import commit_layer
-from nodeagent.pull.content import store_document, store_layer_blob
+from nodeagent.pull.content import store_document, store_layer_blob, sync_file
 from nodeagent.pull.fetch import BlobFetcher, BlobSource, FetchOptions
 from nodeagent.pull.preconditions import FastPathSetup
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
@@ -74,6 +74,7 @@ class _Unpacked:
     layer: p.LayerPlan
     result: UnpackResult
     staged_blob: str | None  # fetched into staging (else the store already had it)
+    synced: asyncio.Task[None] | None = None  # the staged blob's flush to disk
 
 
 class FastPuller:
@@ -149,6 +150,7 @@ class _ImagePull:
         self.puller, self.plan, self.resolved = puller, plan, resolved
         self.request, self.config, self.lease, self.progress = request, config, lease, progress
         self.store, self.setup = puller.store, puller.setup
+        self._syncs: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         snapshotter = self.setup.snapshotter
@@ -202,7 +204,8 @@ class _ImagePull:
             if watermark is not None:
                 watermark.close()
         self.progress.unpacked_done += result.unpacked_bytes
-        return _Unpacked(layer, result, None if in_store else blob)
+        return _Unpacked(layer, result, None if in_store else blob,
+                         None if in_store else self._syncs.pop(digest, None))
 
     async def _fetch_and_unpack(self, layer: p.LayerPlan, job: UnpackJob,
                                 watermark: Watermark | None, progress: UnpackProgress
@@ -219,6 +222,8 @@ class _ImagePull:
                 watermark.abandon()
                 raise fetch.exception()  # type: ignore[misc]
             await fetch
+            self._syncs[layer.blob.digest] = asyncio.create_task(
+                asyncio.to_thread(sync_file, job.blob))
             return await unpack
         finally:
             for task in (fetch, unpack):
@@ -242,6 +247,8 @@ class _ImagePull:
         layer = unpacked.layer
         labels = {p.UNCOMPRESSED_LABEL: layer.diff_id, **await self._source_label(
             layer.blob.digest)}
+        if unpacked.synced is not None:
+            await unpacked.synced
         if not self.setup.discard_unpacked_layers:
             await store_layer_blob(self.store, self.setup, layer.blob.digest, layer.blob.size,
                                    unpacked.staged_blob, labels, self.lease)
