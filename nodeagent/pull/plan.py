@@ -157,10 +157,13 @@ def index_labels(index: Document) -> dict[str, str]:
             if isinstance(m, dict)}
 
 
-def manifest_labels(plan: ImagePlan) -> dict[str, str]:
+def manifest_labels(plan: ImagePlan, keep_layers: bool = True) -> dict[str, str]:
+    """``keep_layers`` False (CRI's discard_unpacked_layers): no references to the layer
+    blobs, so containerd drops them once unpacked, as its own pull does then."""
     labels = {f"{GC_CONTENT}.config": plan.config.digest}
-    labels.update({f"{GC_CONTENT}.l.{layer.index}": layer.blob.digest
-                   for layer in plan.layers})
+    if keep_layers:
+        labels.update({f"{GC_CONTENT}.l.{layer.index}": layer.blob.digest
+                       for layer in plan.layers})
     return labels
 
 

@@ -1,0 +1,234 @@
+"""One image's fast pull, once its plan is known (see ``puller`` for the whole story).
+
+Every missing layer starts at once: its blob is fetched into staging (``fetch``) while a
+worker unpacks the written prefix (``workers``). Layers are committed in chain order, each
+as soon as it is unpacked and its parent is committed (``commit``); layers another image
+is already pulling are waited for (``sharing``). Then the config, manifest and index go
+into the content store with containerd's labels and the image records are created last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodeagent.pull import plan as p
+from nodeagent.pull.commit import commit_layer
+from nodeagent.pull.content import store_document, store_layer_blob, sync_file
+from nodeagent.pull.fetch import BlobSource
+from nodeagent.pull.sharing import StagedBlob
+from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
+from nodeagent.pull.watermark import Watermark
+from nodeagent.pull.workers import UnpackProgress
+from nodeagent.registry.endpoints import registry_endpoints
+from nodeagent.registry.session import Request
+
+if TYPE_CHECKING:
+    from nodeagent.pull.puller import FastPuller
+
+
+@dataclass
+class PullProgress:
+    """Live counters of one image's fast pull (read by the progress display)."""
+
+    phase: str = "resolving"  # resolving, downloading, unpacking, committing
+    total: int = 0  # compressed bytes of the image's layers
+    fetched: int = 0  # compressed bytes on disk (layers present at the start included)
+    unpacked_done: int = 0  # uncompressed bytes of finished layers
+    _unpacking: dict[str, UnpackProgress] = field(default_factory=dict, repr=False)
+
+    @property
+    def unpacked(self) -> int:
+        return self.unpacked_done + sum(u.read()[1] for u in self._unpacking.values())
+
+
+@dataclass
+class _Unpacked:
+    layer: p.LayerPlan
+    result: UnpackResult
+    staged: StagedBlob | None  # fetched into staging (else the store already had it)
+
+
+class ImagePull:
+    def __init__(self, puller: FastPuller, plan: p.ImagePlan, request: Request, config: bytes,
+                 lease: str, progress: PullProgress) -> None:
+        self.puller, self.plan, self.request = puller, plan, request
+        self.config, self.lease, self.progress = config, lease, progress
+        self.store, self.setup, self.sharing = puller.store, puller.setup, puller.sharing
+
+    async def run(self) -> None:
+        snapshotter = self.setup.snapshotter
+        present = {layer.chain_id for layer in self.plan.layers
+                   if await self.store.snapshot(snapshotter, layer.chain_id) is not None}
+        self.progress.total = sum(layer.blob.size for layer in self.plan.layers)
+        self.progress.fetched = sum(layer.blob.size for layer in self.plan.layers
+                                    if layer.chain_id in present)
+        self.progress.phase = "downloading"
+        missing = [layer for layer in self.plan.layers if layer.chain_id not in present]
+        owned: dict[str, asyncio.Task[_Unpacked]] = {}
+        others: dict[str, asyncio.Future[None]] = {}
+        for layer in missing:
+            future = self.sharing.claim(layer.chain_id)
+            if future is None:
+                owned[layer.chain_id] = asyncio.create_task(self._unpack(layer))
+            else:
+                others[layer.chain_id] = future
+        try:
+            for layer in missing:  # chain order: a layer's parent is committed before it
+                await self._settle(layer, owned, others)
+        except BaseException as exc:
+            await self._abandon(owned, exc)
+            raise
+        self.progress.phase = "committing"
+        await self._documents()
+        await self._records()
+
+    async def _settle(self, layer: p.LayerPlan, owned: dict[str, asyncio.Task[_Unpacked]],
+                      others: dict[str, asyncio.Future[None]]) -> None:
+        chain = layer.chain_id
+        if chain in others:
+            await asyncio.shield(others[chain])  # another image commits it
+            self.progress.fetched += layer.blob.size
+            return
+        unpacked = await owned[chain]
+        try:
+            await self._commit(unpacked)
+        except BaseException as exc:
+            self.sharing.settle(chain, exc)
+            raise
+        self.sharing.settle(chain)
+
+    async def _abandon(self, owned: dict[str, asyncio.Task[_Unpacked]],
+                       error: BaseException) -> None:
+        for task in owned.values():
+            task.cancel()
+        results = await asyncio.gather(*owned.values(), return_exceptions=True)
+        for chain, result in zip(owned, results, strict=True):
+            self.sharing.settle(chain, error)  # no-op for chains already settled
+            if isinstance(result, _Unpacked):
+                shutil.rmtree(result.result.target, ignore_errors=True)
+                if result.staged is not None:
+                    await self.sharing.release(result.staged)
+
+    # -- one layer
+
+    async def _unpack(self, layer: p.LayerPlan) -> _Unpacked:
+        staging, digest = self.setup.staging, layer.blob.digest
+        in_store = (await self.store.content_info(digest) is not None
+                    or os.path.exists(staging.stored_blob(digest)))
+        staged = None if in_store else self.sharing.acquire(digest, self._fetcher(layer))
+        blob = staging.stored_blob(digest) if staged is None else staged.path
+        target = staging.new_unpack_dir(layer.chain_id)
+        job = UnpackJob(blob, layer.blob.size, digest, layer.diff_id, target, layer.overlay,
+                        staged.watermark.path if staged else None)
+        progress = UnpackProgress(f"{staging.blob(digest)}.{uuid.uuid4().hex[:8]}.progress")
+        self.progress._unpacking[progress.path] = progress
+        try:
+            result = await self._fetch_and_unpack(job, staged, progress)
+        except BaseException as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            if staged is not None:
+                staged.bad = staged.bad or (isinstance(exc, UnpackError) and exc.bad_blob)
+                await self.sharing.release(staged)
+            raise
+        finally:
+            self.progress._unpacking.pop(progress.path, None)
+            progress.close()
+        if staged is None:
+            self.progress.fetched += layer.blob.size
+        self.progress.unpacked_done += result.unpacked_bytes
+        return _Unpacked(layer, result, staged)
+
+    def _fetcher(self, layer: p.LayerPlan):  # type: ignore[no-untyped-def]
+        async def fetch(path: str, watermark: Watermark) -> None:
+            await self.puller.fetcher.fetch(self._source(layer), path, watermark, self._fetched)
+        return fetch
+
+    async def _fetch_and_unpack(self, job: UnpackJob, staged: StagedBlob | None,
+                                progress: UnpackProgress) -> UnpackResult:
+        unpack = asyncio.create_task(self.puller.pool.unpack(job, progress))
+        try:
+            if staged is not None:
+                fetch = asyncio.ensure_future(asyncio.shield(staged.fetch))
+                done, _ = await asyncio.wait({fetch, unpack},
+                                             return_when=asyncio.FIRST_EXCEPTION)
+                if fetch in done and fetch.exception() is not None:
+                    raise fetch.exception()  # type: ignore[misc]
+                await fetch
+                if staged.synced is None:
+                    staged.synced = asyncio.create_task(asyncio.to_thread(sync_file, job.blob))
+            return await unpack
+        finally:
+            if not unpack.done():
+                unpack.cancel()
+                with contextlib.suppress(BaseException):
+                    await unpack
+
+    def _fetched(self, count: int) -> None:
+        self.progress.fetched += count
+
+    def _source(self, layer: p.LayerPlan) -> BlobSource:
+        reference = self.plan.reference
+        hosts = Path(self.setup.hosts_dir) if self.setup.hosts_dir else None
+        return BlobSource(layer.blob.digest, layer.blob.size,
+                          tuple(registry_endpoints(reference.registry, hosts)),
+                          reference.registry, reference.repository, self.request)
+
+    async def _commit(self, unpacked: _Unpacked) -> None:
+        layer, staged = unpacked.layer, unpacked.staged
+        try:
+            if staged is not None and staged.synced is not None:
+                await staged.synced
+            if not self.setup.discard_unpacked_layers:
+                labels = {p.UNCOMPRESSED_LABEL: layer.diff_id,
+                          **await self._source_label(layer.blob.digest)}
+                await store_layer_blob(self.store, self.setup, layer.blob.digest,
+                                       layer.blob.size, staged.path if staged else None,
+                                       labels, self.lease)
+            await commit_layer(self.store, self.setup, layer, unpacked.result.target,
+                               unpacked.result.implicit_dirs, self.lease)
+        finally:
+            shutil.rmtree(unpacked.result.target, ignore_errors=True)  # if still staged
+            if staged is not None:
+                await self.sharing.release(staged)
+
+    # -- documents and records
+
+    async def _documents(self) -> None:
+        plan, lease = self.plan, self.lease
+        config_labels = {**p.config_labels(plan, self.setup.snapshotter),
+                         **await self._source_label(plan.config.digest)}
+        await store_document(self.store, "config", plan.config.digest, self.config,
+                             config_labels, lease)
+        manifest_labels = p.manifest_labels(plan, not self.setup.discard_unpacked_layers)
+        manifest_labels.update(await self._source_label(plan.manifest.digest))
+        await store_document(self.store, "manifest", plan.manifest.digest, plan.manifest.data,
+                             manifest_labels, lease)
+        if plan.index is not None:
+            index_labels = {**p.index_labels(plan.index),
+                            **await self._source_label(plan.index.digest)}
+            await store_document(self.store, "index", plan.index.digest, plan.index.data,
+                                 index_labels, lease)
+
+    async def _source_label(self, digest: str) -> dict[str, str]:
+        info = await self.store.content_info(digest)
+        return p.merged_source(info.labels if info else {}, self.plan.reference)
+
+    async def _records(self) -> None:
+        target = self.plan.target
+        labels = {p.CRI_MANAGED_LABEL: "managed"}
+        for name in self.plan.names:
+            created = await self.store.create_image(name, target.media_type, target.digest,
+                                                    target.size, labels, self.lease)
+            if created:
+                continue
+            record = await self.store.client.get_image_record(name)
+            if record is not None and record.target_digest != target.digest:
+                await self.store.update_image_target(name, target.media_type, target.digest,
+                                                     target.size, labels)
