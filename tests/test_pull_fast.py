@@ -272,3 +272,33 @@ async def test_fallback_reason_when_the_store_is_not_reachable(containerd, tmp_p
     assert info.value.code == "not_reachable"
     assert "not reachable here" in str(info.value)
 
+
+
+async def test_images_sharing_layers_pulled_at_once(sample_images, containerd):
+    """One puller, every demo image at the same time: shared layers are unpacked once,
+    every image ends up whole."""
+    async with ContainerdClient(containerd.address) as client:
+        setup = await check_fast_path(ContainerdStore(client))
+        assert setup.staging.lock()
+        puller = FastPuller(client, setup)
+        try:
+            ids = await asyncio.gather(*(puller.pull(parse_reference(p.ref), None, None)
+                                         for p in sample_images))
+        finally:
+            await puller.close()
+        for pushed, image_id in zip(sample_images, ids, strict=True):
+            status = None
+            for _ in range(50):
+                status = await client.image_status(pushed.ref)
+                if status is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert status is not None and status.id == image_id
+    chains = set()
+    for pushed in sample_images:
+        image = pushed.image
+        if hasattr(image, "images"):
+            image = image.for_platform("linux/amd64")
+        chains |= set(chain_ids([layer.diff_id for layer in image.layers]))
+    assert set(labels_of(containerd, "snapshots")) == chains
+    assert list(Path(setup.staging.blob_dir).iterdir()) == []
