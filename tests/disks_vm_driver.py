@@ -223,7 +223,7 @@ def scenario_main(work: Path, args: dict) -> dict:
 READERS = """
 import json
 from pathlib import Path
-from nodeagent.disks import sysfs
+from nodeagent.hostfacts import sysfs
 direct = sysfs.read_sysfs(Path("/sys"))
 udev = sysfs.read_pyudev()
 print(json.dumps({"equal": direct == udev, "names": [d.name for d in direct],

@@ -19,7 +19,7 @@ import pytest
 from disks_fakes import INSTANCE_STORE, FakeNode, md_superblock
 
 from nodeagent.cli import main
-from nodeagent.disks import migrate, signatures, sysfs
+from nodeagent.disks import migrate, signatures
 from nodeagent.disks.apply import setup
 from nodeagent.disks.discover import gather
 from nodeagent.disks.options import Options
@@ -27,6 +27,7 @@ from nodeagent.disks.plan import make_plan
 from nodeagent.disks.status import disk_metrics_snapshot
 from nodeagent.disks.units import bind_unit, escape_path, volume_unit
 from nodeagent.errors import UsageError
+from nodeagent.hostfacts import sysfs
 
 MIB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Volume discovery: mountinfo parsing, sysfs trees built here shaped like a Nitro
+"""Volume discovery: sysfs trees built here shaped like a Nitro
 instance's (NVMe EBS / instance store, partitions, md/dm, Xen), and the real mapping of a
 loop-mounted XFS (and a bind mount of it) through /proc/self/mountinfo and /sys."""
 
@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 from loopfs import loop_xfs
 
-from nodeagent.snapshot.volume import (
-    EBS_MODEL,
-    INSTANCE_STORE_MODEL,
-    VolumeError,
-    discover_volume,
-    ebs_volume_id_from_serial,
-    find_mount,
-    parse_mountinfo,
-)
+from nodeagent.hostfacts.mountinfo import find_mount, parse_mountinfo
+from nodeagent.hostfacts.nvme import EBS_MODEL, INSTANCE_STORE_MODEL
+from nodeagent.snapshot.volume import VolumeError, discover_volume
 
 VOL = "vol0123456789abcdef0"
 
@@ -86,42 +80,6 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ pure parts
-
-
-def test_parse_mountinfo_handles_optional_fields_and_escapes() -> None:
-    text = (
-        "36 35 98:0 /mnt1 /mnt/my\\040disk rw,noatime master:1 shared:3 - ext3 /dev/root rw\n"
-        "37 35 0:40 / /run rw - tmpfs tmpfs rw\n"
-        "garbage line\n"
-    )
-    first, second = parse_mountinfo(text)
-    assert (first.major, first.minor, first.root) == (98, 0, "/mnt1")
-    assert first.mount_point == "/mnt/my disk"
-    assert (first.fstype, first.source) == ("ext3", "/dev/root")
-    assert second.dev == "0:40"
-
-
-def test_find_mount_longest_prefix_and_last_mounted_wins() -> None:
-    mounts = parse_mountinfo(
-        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
-        "2 1 8:2 / /var/lib rw - xfs /dev/sda2 rw\n"
-        "3 1 8:3 / /var/lib/containerd rw - xfs /dev/sdb rw\n"
-        "4 1 8:4 / /var/lib/containerd rw - xfs /dev/sdc rw\n"
-        "5 1 8:5 / /var/lib/containerd-other rw - xfs /dev/sdd rw\n"
-    )
-    assert find_mount(mounts, "/var/lib/containerd/io.containerd.content.v1.content").source \
-        == "/dev/sdc"
-    assert find_mount(mounts, "/var/lib/kubelet").source == "/dev/sda2"
-    assert find_mount(mounts, "/etc").source == "/dev/sda1"
-
-
-def test_serial_to_volume_id() -> None:
-    assert ebs_volume_id_from_serial(VOL) == "vol-0123456789abcdef0"
-    assert ebs_volume_id_from_serial("vol-0123456789abcdef0 ") == "vol-0123456789abcdef0"
-    assert ebs_volume_id_from_serial("AWS1234567890ABCDEF") is None
-
-
 # ------------------------------------------------------------------ sysfs trees
 
 
@@ -130,7 +88,7 @@ def test_nvme_ebs_volume(sysfs: FakeSysfs, data_dir: Path, tmp_path: Path) -> No
     target = discover_volume(data_dir, sysfs.root, mountinfo_file(tmp_path, data_dir, "259:1"))
     assert target.volume_id == "vol-0123456789abcdef0"
     assert target.device.name == "nvme1n1"
-    assert target.mount.mount_point == str(data_dir)
+    assert target.mount.mountpoint == str(data_dir)
 
 
 def test_partition_resolves_to_its_disk(sysfs: FakeSysfs, data_dir: Path, tmp_path: Path) -> None:
@@ -197,7 +155,7 @@ def test_real_loop_mount_maps_through_mountinfo(tmp_path: Path) -> None:
         mount = find_mount(parse_mountinfo(Path("/proc/self/mountinfo").read_text()), str(sub))
         st = os.stat(sub)
         assert (mount.major, mount.minor) == (os.major(st.st_dev), os.minor(st.st_dev))
-        assert mount.mount_point == str(xfs.mount_point)
+        assert mount.mountpoint == str(xfs.mount_point)
         assert mount.source == xfs.device
         with pytest.raises(VolumeError, match=rf"{xfs.device}\b.*not an EBS volume"):
             discover_volume(sub)
@@ -213,7 +171,7 @@ def test_real_bind_mount_maps_to_the_same_device(tmp_path: Path) -> None:
         try:
             mount = find_mount(parse_mountinfo(Path("/proc/self/mountinfo").read_text()),
                                str(bind))
-            assert mount.mount_point == str(bind)
+            assert mount.mountpoint == str(bind)
             assert mount.root == "/local/var-lib-containerd"
             assert mount.source == xfs.device
         finally:

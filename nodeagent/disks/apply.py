@@ -16,14 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nodeagent.disks import migrate, services, signatures, sysfs
+from nodeagent.disks import migrate, services, signatures
 from nodeagent.disks import steps as st
 from nodeagent.disks.discover import gather
 from nodeagent.disks.host import Host
-from nodeagent.disks.mountinfo import read_mountinfo
 from nodeagent.disks.options import Options
 from nodeagent.disks.plan import Plan, Volume, desired_units, make_plan
 from nodeagent.errors import NodeagentError
+from nodeagent.hostfacts import sysfs
+from nodeagent.hostfacts.mountinfo import read_mountinfo
 from nodeagent.log import fields
 
 log = logging.getLogger(__name__)

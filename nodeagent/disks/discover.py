@@ -11,13 +11,16 @@ import logging
 import os
 from pathlib import Path
 
-from nodeagent.disks import signatures, sysfs
+from nodeagent.disks import signatures
 from nodeagent.disks.host import Host
-from nodeagent.disks.model import BLANK, BlockDevice, DirState, Facts, MdArray, Signature
-from nodeagent.disks.mountinfo import read_mountinfo, read_swaps, root_devnum
-from nodeagent.disks.options import EBS_MODEL, SOCI_DIR, Options, effective_binds
+from nodeagent.disks.model import BLANK, DirState, Facts, MdArray, Signature
+from nodeagent.disks.options import SOCI_DIR, Options, effective_binds
 from nodeagent.disks.services import running_services, systemd_running
 from nodeagent.disks.units import UNIT_MARKER, bind_target_name
+from nodeagent.hostfacts import sysfs
+from nodeagent.hostfacts.mountinfo import read_mountinfo, read_swaps, root_devnum
+from nodeagent.hostfacts.nvme import EBS_MODEL
+from nodeagent.hostfacts.sysfs import BlockDevice
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,16 @@
-"""Facts about a node's block devices, as discovery finds them (plain data, no I/O).
+"""Facts about a node's disks, as discovery finds them (plain data, no I/O).
 
-discover.py fills these in from sysfs, the device heads and /proc; plan.py decides from
-them alone, so the plan can be computed (and tested) over a fake sysfs tree.
+discover.py fills these in from the host facts (nodeagent/hostfacts: sysfs, mountinfo)
+and the device heads (signatures.py); plan.py decides from them alone, so the plan can
+be computed (and tested) over a fake sysfs tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SECTOR = 512
+from nodeagent.hostfacts.mountinfo import MountEntry
+from nodeagent.hostfacts.sysfs import BlockDevice
 
 
 @dataclass(frozen=True)
@@ -69,34 +71,6 @@ BLANK = Signature(kind="blank", source="superblock")
 
 
 @dataclass(frozen=True)
-class BlockDevice:
-    """One whole disk (or md array) as sysfs shows it."""
-
-    name: str  # kernel name: nvme1n1, md127, vda
-    devnum: str  # "259:1"
-    size_bytes: int
-    model: str = ""
-    serial: str = ""
-    readonly: bool = False
-    removable: bool = False
-    hidden: bool = False
-    partitions: tuple[str, ...] = ()  # kernel names of partitions
-    partition_devnums: tuple[str, ...] = ()
-    holders: tuple[str, ...] = ()  # devices built on top: md127, dm-0 (of disk or partitions)
-    slaves: tuple[str, ...] = ()  # for md/dm: the devices below
-
-    @property
-    def is_nvme(self) -> bool:
-        # nvme<ctrl>n<ns>; the nvme<c>c<x>n<ns> multipath paths are hidden and skipped.
-        name = self.name
-        return name.startswith("nvme") and "c" not in name[4:] and "n" in name[4:]
-
-    @property
-    def is_virtual(self) -> bool:
-        return self.name.startswith(("loop", "ram", "zram", "md", "dm-", "nbd", "sr"))
-
-
-@dataclass(frozen=True)
 class MdArray:
     """An md device the kernel knows (active or inactive)."""
 
@@ -120,18 +94,6 @@ class MdArray:
     @property
     def short_name(self) -> str:
         return self.array_name.rsplit(":", 1)[-1]
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/<pid>/mountinfo."""
-
-    devnum: str  # "259:1"
-    root: str  # path inside the filesystem that is mounted ("/" or a bind's subdir)
-    mountpoint: str
-    fstype: str
-    source: str
-    options: str
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from nodeagent.errors import UsageError
+from nodeagent.hostfacts.nvme import INSTANCE_STORE_MODEL
 
-DEFAULT_MODEL = "Amazon EC2 NVMe Instance Storage"
-EBS_MODEL = "Amazon Elastic Block Store"
+DEFAULT_MODEL = INSTANCE_STORE_MODEL
 STRATEGIES = ("raid0", "raid10", "mount", "none")
 FILESYSTEMS = ("xfs", "ext4")
 DEFAULT_MOUNT_PATH = "/mnt/k8s-disks"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nodeagent.disks import steps as st
-from nodeagent.disks.model import BlockDevice, Facts, MdArray, Signature
-from nodeagent.disks.options import EBS_MODEL, LABEL_PREFIX, XFS_MAX_LOG_SU_KIB, Options
+from nodeagent.disks.model import Facts, MdArray, Signature
+from nodeagent.disks.options import LABEL_PREFIX, XFS_MAX_LOG_SU_KIB, Options
 from nodeagent.disks.units import (
     BOOT_SERVICE,
     MountUnit,
@@ -21,6 +21,8 @@ from nodeagent.disks.units import (
     bind_unit,
     volume_unit,
 )
+from nodeagent.hostfacts.nvme import EBS_MODEL
+from nodeagent.hostfacts.sysfs import BlockDevice
 
 USABLE_FS = ("xfs", "ext4", "ext3", "ext2")
 

@@ -7,12 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from nodeagent.disks import sysfs
 from nodeagent.disks.discover import gather, probe_md_member
 from nodeagent.disks.host import Host
-from nodeagent.disks.mountinfo import read_mountinfo
 from nodeagent.disks.options import Options
 from nodeagent.disks.plan import make_plan
+from nodeagent.hostfacts import sysfs
+from nodeagent.hostfacts.mountinfo import read_mountinfo
 
 
 def capacity(path: Path) -> tuple[int, int]:

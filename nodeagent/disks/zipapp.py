@@ -1,13 +1,13 @@
 """Build the disks-only single-file zipapp: `python -m nodeagent.disks.zipapp OUT.pyz`.
 
-The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, log) and
-nodeagent/disks: standard library only. It runs with any python3 >= 3.11 on the host,
-`./nodeagent.pyz disks setup`, which is how the boot service runs on nodes that do not
-have nodeagent's Python dependencies.
+The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, log), nodeagent/disks
+and the host facts it reads (nodeagent/hostfacts): standard library only. It runs with
+any python3 >= 3.11 on the host, `./nodeagent.pyz disks setup`, which is how the boot
+service runs on nodes that do not have nodeagent's Python dependencies.
 
 pyudev is not vendored: it needs libudev through ctypes anyway, and discovery reads the
-same sysfs attributes directly when pyudev is missing (see sysfs.py), so the zipapp has
-one dependency fewer to break at boot.
+same sysfs attributes directly when pyudev is missing (see hostfacts/sysfs.py), so the
+zipapp has one dependency fewer to break at boot.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import nodeagent
 
 CORE = ("__init__.py", "cli.py", "errors.py", "log.py")
+PACKAGES = ("disks", "hostfacts")
 MAIN = '''"""nodeagent (disks-only build)."""
 import sys
 
@@ -36,11 +37,12 @@ def build(out: Path, interpreter: str = "/usr/bin/env python3") -> Path:
     package = Path(nodeagent.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "nodeagent" / "disks").mkdir(parents=True)
+        for sub in PACKAGES:
+            (root / "nodeagent" / sub).mkdir(parents=True)
+            for src in sorted((package / sub).glob("*.py")):
+                shutil.copy2(src, root / "nodeagent" / sub / src.name)
         for name in CORE:
             shutil.copy2(package / name, root / "nodeagent" / name)
-        for src in sorted((package / "disks").glob("*.py")):
-            shutil.copy2(src, root / "nodeagent" / "disks" / src.name)
         (root / "__main__.py").write_text(MAIN)
         _precompile(root)
         out.parent.mkdir(parents=True, exist_ok=True)

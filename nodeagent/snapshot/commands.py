@@ -244,35 +244,6 @@ def hot_image_names(records: Sequence[Any]) -> list[str]:
     return sorted(set(names))
 
 
-def check_volume_contents(root: str, kubelet_dir: str, allow_kubelet: bool) -> None:
-    """Refuse to clone this node's kubelet identity onto every node booted from it."""
-    pki = Path(kubelet_dir) / "pki"
-    if allow_kubelet or not pki.is_dir():
-        return
-    if os.stat(pki).st_dev == os.stat(root).st_dev:
-        raise UsageError(
-            f"{pki} (this node's kubelet credentials) is on the same volume as {root}: every "
-            "node restored from the snapshot would carry them. Build snapshots on a builder "
-            "instance that never joined the cluster (`nodeagent snapshot build`), or pass "
-            "--allow-kubelet-state if you clean the restored volume yourself"
-        )
-
-
-def _check_mount(root: str, allow_root: bool) -> None:
-    from nodeagent.snapshot.volume import VolumeError, find_mount, parse_mountinfo
-
-    if not os.path.isdir(root):
-        raise VolumeError(f"--containerd-root {root}: no such directory")
-    mount = find_mount(parse_mountinfo(Path("/proc/self/mountinfo").read_text()),
-                       os.path.realpath(root))
-    if mount.mount_point == "/" and not allow_root:
-        raise UsageError(
-            f"{root} is on the root filesystem: snapshot a separate data volume (Bottlerocket "
-            "/dev/xvdb, or a secondary EBS volume mounted at /var/lib/containerd on AL2023); "
-            "--allow-root-filesystem overrides"
-        )
-
-
 def _resolve_volume(args: argparse.Namespace, aws: AwsClients) -> str:
     from nodeagent.snapshot import imds
     from nodeagent.snapshot.ec2 import find_attached_volume
@@ -332,8 +303,9 @@ class WaitProgress:
 
 def _run_create(args: argparse.Namespace, images: list[str], containerd_version: str) -> int:
     from nodeagent.snapshot import imds, workflow
+    from nodeagent.snapshot.volume import check_not_root_filesystem, check_volume_contents
 
-    _check_mount(args.containerd_root, args.allow_root_filesystem)
+    check_not_root_filesystem(args.containerd_root, args.allow_root_filesystem)
     check_volume_contents(args.containerd_root, args.kubelet_dir, args.allow_kubelet_state)
     aws = _aws(args)
     volume_id = _resolve_volume(args, aws)

@@ -1,27 +1,28 @@
 """Which EBS volume holds a directory: mount point -> block device -> NVMe serial -> volume id.
 
-The pure parts (mountinfo parsing, mount lookup, serial -> volume id, classification) take
-text and values; the effectful parts read ``/proc/self/mountinfo`` and a sysfs tree whose
-root is a parameter, so tests can build one. On Nitro instances every EBS volume is an
-NVMe namespace whose controller has model "Amazon Elastic Block Store" and serial
-``vol0123...`` (the volume id without its dash); instance store disks say
-"Amazon EC2 NVMe Instance Storage". Xen instances expose ``xvd*`` devices without a
-serial: those are resolved through EC2 attachments (see ec2.find_attached_volume).
+The host facts (the mount serving a path, the disk behind a device number, the disks under
+md/dm devices) come from ``nodeagent/hostfacts``, whose sysfs root and mountinfo file are
+parameters, so tests build their own. The decisions here are pure: what kind of disk a
+device is (``classify_device``), and which one EBS disk a path lives on (``pick_ebs_disk``).
+Xen instances expose ``xvd*`` devices without a serial: those are resolved through EC2
+attachments (see ec2.find_attached_volume).
+
+Also here: the checks ``snapshot create`` makes on the volume before it freezes anything
+(not the root filesystem, no kubelet identity on it).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.hostfacts import sysfs
+from nodeagent.hostfacts.mountinfo import MountEntry, find_mount, read_mountinfo
+from nodeagent.hostfacts.nvme import EBS_MODEL, INSTANCE_STORE_MODEL, ebs_volume_id_from_serial
 
-EBS_MODEL = "Amazon Elastic Block Store"
-INSTANCE_STORE_MODEL = "Amazon EC2 NVMe Instance Storage"
-_EBS_SERIAL = re.compile(r"^vol-?([0-9a-f]{8,17})$")
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+MAX_DEPTH = 8  # md over dm over ... : deeper stacks are not followed
 
 
 class VolumeError(NodeagentError):
@@ -29,31 +30,15 @@ class VolumeError(NodeagentError):
 
 
 @dataclass(frozen=True)
-class MountInfo:
-    """One line of /proc/<pid>/mountinfo."""
-
-    mount_id: int
-    major: int
-    minor: int
-    root: str  # path inside the filesystem that is mounted here (bind mounts)
-    mount_point: str
-    fstype: str
-    source: str
-
-    @property
-    def dev(self) -> str:
-        return f"{self.major}:{self.minor}"
-
-
-@dataclass(frozen=True)
-class BlockDevice:
-    """A whole disk (partitions are resolved to their disk) as sysfs describes it."""
+class VolumeDisk:
+    """A whole disk (partitions are resolved to their disk), with its kind and, for md/dm
+    devices, the disks below it."""
 
     name: str  # kernel name: nvme1n1, xvdb, loop0, md127, dm-0
     kind: str  # "ebs", "instance-store", "xen", "loop", "virtual", "other"
     model: str = ""
     serial: str = ""
-    backing: tuple[BlockDevice, ...] = field(default=())  # slaves of md/dm devices
+    backing: tuple[VolumeDisk, ...] = field(default=())  # slaves of md/dm devices
 
     @property
     def volume_id(self) -> str | None:
@@ -69,54 +54,12 @@ class VolumeTarget:
     """Where a path lives: its mount, the block device and the EBS volume (if known)."""
 
     path: str
-    mount: MountInfo
-    device: BlockDevice  # the EBS disk itself (dm/md with one backing disk resolved)
+    mount: MountEntry
+    device: VolumeDisk  # the EBS disk itself (dm/md with one backing disk resolved)
     volume_id: str | None  # None for Xen devices: resolve through EC2 attachments
 
 
 # ----------------------------------------------------------------------------- pure parts
-
-
-def _unescape(field_text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field_text)
-
-
-def parse_mountinfo(text: str) -> list[MountInfo]:
-    """Parse mountinfo text (proc(5)): optional fields end at the lone "-" separator."""
-    mounts = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 10 or "-" not in parts[6:]:
-            continue
-        sep = parts.index("-", 6)
-        major, minor = parts[2].split(":")
-        mounts.append(MountInfo(
-            mount_id=int(parts[0]), major=int(major), minor=int(minor),
-            root=_unescape(parts[3]), mount_point=_unescape(parts[4]),
-            fstype=parts[sep + 1], source=_unescape(parts[sep + 2]),
-        ))
-    return mounts
-
-
-def find_mount(mounts: list[MountInfo], path: str) -> MountInfo:
-    """The mount that serves an absolute, symlink-free path: longest mount point prefix,
-    and among equal mount points the last one mounted (it hides the earlier ones)."""
-    best: MountInfo | None = None
-    for mount in mounts:
-        point = mount.mount_point.rstrip("/") or "/"
-        contains = path == point or path.startswith(point if point == "/" else point + "/")
-        if contains and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
-            best = mount
-    if best is None:
-        raise VolumeError(f"{path}: no mount in mountinfo contains this path")
-    return best
-
-
-def ebs_volume_id_from_serial(serial: str) -> str | None:
-    """NVMe serial "vol0123456789abcdef0" -> EBS volume id "vol-0123456789abcdef0"."""
-    match = _EBS_SERIAL.match(serial.strip())
-    return f"vol-{match.group(1)}" if match else None
 
 
 def classify_device(name: str, model: str, serial: str, has_slaves: bool) -> str:
@@ -135,7 +78,7 @@ def classify_device(name: str, model: str, serial: str, has_slaves: bool) -> str
     return "other"
 
 
-def pick_ebs_disk(device: BlockDevice, path: str) -> BlockDevice:
+def pick_ebs_disk(device: VolumeDisk, path: str) -> VolumeDisk:
     """The one EBS (or Xen) disk under a device, or a VolumeError saying why not."""
     if device.kind in ("ebs", "xen"):
         return device
@@ -158,74 +101,93 @@ def pick_ebs_disk(device: BlockDevice, path: str) -> BlockDevice:
     )
 
 
-# -------------------------------------------------------------------------- sysfs effects
+# -------------------------------------------------------------------------- host effects
 
 
-def _read_attr(directory: Path, name: str) -> str:
-    try:
-        return (directory / name).read_text().strip()
-    except OSError:
-        return ""
+def mount_of(path: str, mountinfo: str | os.PathLike[str] = "/proc/self/mountinfo"
+             ) -> MountEntry:
+    """The mount serving an absolute, symlink-free path."""
+    mount = find_mount(read_mountinfo(Path(mountinfo)), path)
+    if mount is None:
+        raise VolumeError(f"{path}: no mount in mountinfo contains this path")
+    return mount
 
 
-def _disk_dir(sysfs: Path, major: int, minor: int) -> Path:
-    link = sysfs / "dev" / "block" / f"{major}:{minor}"
-    if not link.exists():
-        raise VolumeError(f"block device {major}:{minor} not found under {link.parent}")
-    node = link.resolve()
-    # A partition's sysfs dir sits inside its disk's dir and has a "partition" file.
-    return node.parent if (node / "partition").exists() else node
-
-
-def describe_disk(disk_dir: Path, depth: int = 0) -> BlockDevice:
-    """BlockDevice for a whole-disk sysfs dir, following md/dm slaves down to real disks."""
-    name = disk_dir.name
-    identity = disk_dir / "device"  # NVMe namespace -> controller or subsystem dir
-    model, serial = _read_attr(identity, "model"), _read_attr(identity, "serial")
-    slaves_dir = disk_dir / "slaves"
-    slaves = sorted(slaves_dir.iterdir()) if slaves_dir.is_dir() and depth < 8 else []
-    backing = []
-    for slave in slaves:
-        node = slave.resolve()
-        disk = node.parent if (node / "partition").exists() else node
-        backing.append(describe_disk(disk, depth + 1))
-    kind = classify_device(name, model, serial, bool(backing))
-    return BlockDevice(name=name, kind=kind, model=model, serial=serial, backing=tuple(backing))
+def describe_disk(disk_dir: Path, depth: int = 0) -> VolumeDisk:
+    """VolumeDisk for a whole-disk sysfs dir, following md/dm slaves down to real disks."""
+    device = sysfs.device_from_dir(disk_dir)
+    below = sysfs.slave_dirs(disk_dir) if depth < MAX_DEPTH else []
+    backing = tuple(describe_disk(d, depth + 1) for d in below)
+    kind = classify_device(device.name, device.model, device.serial, bool(backing))
+    return VolumeDisk(name=device.name, kind=kind, model=device.model, serial=device.serial,
+                      backing=backing)
 
 
 def discover_volume(
     path: str | os.PathLike[str],
-    sysfs: str | os.PathLike[str] = "/sys",
+    sysfs_root: str | os.PathLike[str] = "/sys",
     mountinfo: str | os.PathLike[str] = "/proc/self/mountinfo",
 ) -> VolumeTarget:
     """Find the EBS volume that holds ``path`` (e.g. containerd's root)."""
     real = os.path.realpath(path)
     if not os.path.exists(real):
         raise VolumeError(f"{path}: no such directory")
-    mount = find_mount(parse_mountinfo(Path(mountinfo).read_text()), real)
+    mount = mount_of(real, mountinfo)
     if mount.major == 0:
         raise VolumeError(
-            f"{path} is on {mount.fstype} {mount.source!r} (mounted at {mount.mount_point}), "
+            f"{path} is on {mount.fstype} {mount.source!r} (mounted at {mount.mountpoint}), "
             "which is not a block device; the containerd root must be on an EBS volume"
         )
-    device = describe_disk(_disk_dir(Path(sysfs), mount.major, mount.minor))
-    disk = pick_ebs_disk(device, str(path))
+    disk_dir = sysfs.disk_dir(Path(sysfs_root), mount.devnum)
+    if disk_dir is None:
+        raise VolumeError(f"block device {mount.devnum} not found under "
+                          f"{Path(sysfs_root) / 'dev' / 'block'}")
+    disk = pick_ebs_disk(describe_disk(disk_dir), str(path))
     return VolumeTarget(path=real, mount=mount, device=disk, volume_id=disk.volume_id)
 
 
 def mounted_device(
     path: str | os.PathLike[str],
-    sysfs: str | os.PathLike[str] = "/sys",
+    sysfs_root: str | os.PathLike[str] = "/sys",
     mountinfo: str | os.PathLike[str] = "/proc/self/mountinfo",
 ) -> str:
     """The /dev node of the block device mounted where ``path`` lives (partition or disk)."""
-    real = os.path.realpath(path)
-    mount = find_mount(parse_mountinfo(Path(mountinfo).read_text()), real)
+    mount = mount_of(os.path.realpath(path), mountinfo)
     if mount.major == 0:
         raise VolumeError(f"{path} is on {mount.fstype}, which is not a block device")
-    uevent = Path(sysfs) / "dev" / "block" / mount.dev / "uevent"
-    for line in _read_attr(uevent.parent, "uevent").splitlines():
+    uevent = Path(sysfs_root) / "dev" / "block" / mount.devnum / "uevent"
+    for line in sysfs.read_attr(uevent).splitlines():
         key, _, value = line.partition("=")
         if key == "DEVNAME" and value:
             return "/dev/" + value
-    raise VolumeError(f"{path}: no device name for block device {mount.dev} in {uevent}")
+    raise VolumeError(f"{path}: no device name for block device {mount.devnum} in {uevent}")
+
+
+# ------------------------------------------------------------------ checks before create
+
+
+def check_not_root_filesystem(root: str, allow_root: bool) -> None:
+    """Refuse to snapshot (and freeze) the root filesystem unless asked to."""
+    if not os.path.isdir(root):
+        raise VolumeError(f"--containerd-root {root}: no such directory")
+    mount = mount_of(os.path.realpath(root))
+    if mount.mountpoint == "/" and not allow_root:
+        raise UsageError(
+            f"{root} is on the root filesystem: snapshot a separate data volume (Bottlerocket "
+            "/dev/xvdb, or a secondary EBS volume mounted at /var/lib/containerd on AL2023); "
+            "--allow-root-filesystem overrides"
+        )
+
+
+def check_volume_contents(root: str, kubelet_dir: str, allow_kubelet: bool) -> None:
+    """Refuse to clone this node's kubelet identity onto every node booted from it."""
+    pki = Path(kubelet_dir) / "pki"
+    if allow_kubelet or not pki.is_dir():
+        return
+    if os.stat(pki).st_dev == os.stat(root).st_dev:
+        raise UsageError(
+            f"{pki} (this node's kubelet credentials) is on the same volume as {root}: every "
+            "node restored from the snapshot would carry them. Build snapshots on a builder "
+            "instance that never joined the cluster (`nodeagent snapshot build`), or pass "
+            "--allow-kubelet-state if you clean the restored volume yourself"
+        )

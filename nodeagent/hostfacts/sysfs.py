@@ -1,4 +1,4 @@
-"""List block devices from sysfs: through pyudev when it is installed, directly otherwise.
+"""Block devices from sysfs: through pyudev when it is installed, directly otherwise.
 
 Both readers take the same attributes from the same sysfs files, without asking a running
 udevd anything (udev's database is stale right after an EC2 stop/start and absent in many
@@ -13,9 +13,38 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from nodeagent.disks.model import SECTOR, BlockDevice
+SECTOR = 512
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """One whole disk (or md/dm device) as sysfs shows it."""
+
+    name: str  # kernel name: nvme1n1, md127, vda
+    devnum: str  # "259:1"
+    size_bytes: int
+    model: str = ""
+    serial: str = ""
+    readonly: bool = False
+    removable: bool = False
+    hidden: bool = False
+    partitions: tuple[str, ...] = ()  # kernel names of partitions
+    partition_devnums: tuple[str, ...] = ()
+    holders: tuple[str, ...] = ()  # devices built on top: md127, dm-0 (of disk or partitions)
+    slaves: tuple[str, ...] = ()  # for md/dm: the devices below
+
+    @property
+    def is_nvme(self) -> bool:
+        # nvme<ctrl>n<ns>; the nvme<c>c<x>n<ns> multipath paths are hidden and skipped.
+        name = self.name
+        return name.startswith("nvme") and "c" not in name[4:] and "n" in name[4:]
+
+    @property
+    def is_virtual(self) -> bool:
+        return self.name.startswith(("loop", "ram", "zram", "md", "dm-", "nbd", "sr"))
 
 
 def read_attr(path: Path) -> str:
@@ -52,7 +81,7 @@ def _identity(disk_dir: Path, attr: str) -> str:
 
 
 def device_from_dir(disk_dir: Path, model: str = "", serial: str = "") -> BlockDevice:
-    """Build a BlockDevice from one /sys/block/<name> directory."""
+    """Build a BlockDevice from one whole-disk sysfs directory (/sys/block/<name>)."""
     parts = _partitions(disk_dir)
     holders = set(_listdir(disk_dir / "holders"))
     for part in parts:
@@ -115,16 +144,34 @@ def read_block_devices(sysfs_root: Path, prefer_pyudev: bool = True) -> tuple[
     return read_sysfs(sysfs_root), "sysfs"
 
 
-def resolve_devnum(sysfs_root: Path, devnum: str) -> str | None:
-    """The whole-disk (or md/dm) name for a devnum, e.g. "259:3" -> "nvme1n1"."""
-    link = sysfs_root / "dev" / "block" / devnum
+def _whole_disk(node: Path) -> Path:
+    """A partition's sysfs directory sits inside its disk's, with a "partition" file."""
+    return node.parent if (node / "partition").exists() else node
+
+
+def disk_dir(sysfs_root: Path, devnum: str) -> Path | None:
+    """The whole-disk (or md/dm) sysfs directory of a device number, e.g. "259:3"."""
     try:
-        target = link.resolve(strict=True)
+        target = (sysfs_root / "dev" / "block" / devnum).resolve(strict=True)
     except OSError:
         return None
-    if (target / "partition").exists():
-        return target.parent.name
-    return target.name
+    return _whole_disk(target)
+
+
+def resolve_devnum(sysfs_root: Path, devnum: str) -> str | None:
+    """The whole-disk (or md/dm) name for a devnum, e.g. "259:3" -> "nvme1n1"."""
+    found = disk_dir(sysfs_root, devnum)
+    return found.name if found is not None else None
+
+
+def slave_dirs(disk: Path) -> list[Path]:
+    """The whole-disk directories under an md/dm device (its slaves; partitions resolved
+    to their disks), one level down."""
+    found = []
+    for name in _listdir(disk / "slaves"):
+        with contextlib.suppress(OSError):
+            found.append(_whole_disk((disk / "slaves" / name).resolve(strict=True)))
+    return found
 
 
 def lower_disks(sysfs_root: Path, name: str, seen: Iterable[str] = ()) -> set[str]:
@@ -150,4 +197,4 @@ def _disk_of(sysfs_root: Path, name: str) -> str:
         # No class/block link: look for it as a partition directory of some disk.
         matches = list((sysfs_root / "block").glob(f"*/{name}/partition"))
         return matches[0].parent.parent.name if matches else name
-    return target.parent.name if (target / "partition").exists() else target.name
+    return _whole_disk(target).name
