@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the tests)
 
-from nodeagent.prewarm.hotlist import HOTIMAGESET_OBJECT_SCHEMA  # noqa: E402
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA  # noqa: E402
 from nodeagent.sandbox.containerd import PrivateContainerd  # noqa: E402
 from nodeagent.sandbox.images import LayerSpec, build_image  # noqa: E402
 from nodeagent.sandbox.push import push_images  # noqa: E402

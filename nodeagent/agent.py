@@ -41,7 +41,8 @@ from nodeagent.prewarm.config import EngineConfig
 from nodeagent.prewarm.state import FAILED, PRESENT, SKIPPED, ImageState
 
 if TYPE_CHECKING:
-    from nodeagent.prewarm.hotlist import DesiredImage, HotImageSet
+    from nodeagent.api.hotimageset import HotImageSet
+    from nodeagent.prewarm.desired import DesiredImage
 
 log = logging.getLogger("nodeagent.agent")
 
@@ -87,7 +88,7 @@ class Selection:
         self.invalid: list[str] = []
 
     def parse(self, objects: Mapping[str, Mapping]) -> list[HotImageSet]:
-        from nodeagent.prewarm.hotlist import parse_hotimageset
+        from nodeagent.api.hotimageset import parse_hotimageset
 
         valid, invalid, parsed = [], [], {}
         for name, obj in sorted(objects.items()):
@@ -111,7 +112,7 @@ class Selection:
 
     def select(self, objects: Mapping[str, Mapping], labels: Mapping[str, str]
                ) -> list[DesiredImage]:
-        from nodeagent.prewarm.hotlist import select_and_merge
+        from nodeagent.prewarm.desired import select_and_merge
 
         sets = self.parse(objects)
         selected = sum(1 for s in sets if s.node_selector.matches(labels))
@@ -179,7 +180,8 @@ async def run_disks_setup(args: Sequence[str]) -> Storage:
 class Agent:
     def __init__(self, config: AgentConfig, kube: Any, containerd: Any,
                  health: metrics.HealthState | None = None) -> None:
-        from nodeagent.kube.client import hotimageset_resource
+        from nodeagent.api.group import HOTIMAGESET
+        from nodeagent.kube.client import api_resource
         from nodeagent.kube.secrets import PullSecrets
 
         self.config = config
@@ -188,7 +190,7 @@ class Agent:
         self.health = health or metrics.HealthState()
         self._wake = asyncio.Event()
         self.node_mirror = self._mirror(_node_resource(), name=config.node_name, label="Node")
-        self.sets_mirror = self._mirror(hotimageset_resource(), label="HotImageSet")
+        self.sets_mirror = self._mirror(api_resource(HOTIMAGESET), label=HOTIMAGESET.name)
         self.selection = Selection()
         self.secrets = PullSecrets(kube, ttl_s=config.secret_ttl_s)
         self.events = EventRecorder(kube, config.node_name)

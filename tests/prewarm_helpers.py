@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from nodeagent.prewarm.hotlist import DesiredImage
+from nodeagent.prewarm.desired import DesiredImage
 from nodeagent.registry.reference import parse_reference
 
 

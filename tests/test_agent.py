@@ -32,9 +32,9 @@ from agent_helpers import (
 from kubeapi import KubeApiDouble
 from prewarm_helpers import PausableProxy
 
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.kube.taint import TaintSpec
-from nodeagent.prewarm.hotlist import HOTIMAGESET_OBJECT_SCHEMA
 
 TAINT = "nodeagent.io/not-ready"
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.api.hotimageset import load_hotimageset_file
 from nodeagent.errors import UsageError
-from nodeagent.prewarm.hotlist import load_hotlist_file, select_and_merge
+from nodeagent.prewarm.desired import select_and_merge
 from nodeagent.sandbox.commands import MARKER, hotlist_yaml, prepare_workdir
 from nodeagent.sandbox.images import sample_image_set
 
@@ -20,7 +21,7 @@ def test_sample_hotlist_is_valid_and_selects_every_image(tmp_path: Path) -> None
     images = sample_image_set("demo", cache_dir=tmp_path / "cache")
     path = tmp_path / "hot.yaml"
     path.write_text(hotlist_yaml("127.0.0.1:5000", images))
-    sets = load_hotlist_file(path)
+    sets = load_hotimageset_file(path)
     assert [s.name for s in sets] == ["demo-serving", "demo-batch"]
     desired = select_and_merge(sets, {"kubernetes.io/os": "linux"})
     assert {str(d.reference) for d in desired} == {i.ref("127.0.0.1:5000") for i in images}

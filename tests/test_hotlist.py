@@ -8,20 +8,19 @@ import jsonschema
 import pytest
 import yaml
 
-from nodeagent.errors import NodeagentError
-from nodeagent.kube.selector import parse_label_selector
-from nodeagent.prewarm.hotlist import (
-    HOTIMAGESET_OBJECT_SCHEMA,
-    HOTIMAGESET_OPENAPI_SCHEMA,
-    HotImage,
+from nodeagent.api.hotimageset import (
     HotImageSet,
     HotListError,
+    ImageEntry,
     SecretRef,
-    load_hotlist_file,
-    load_hotlist_paths,
+    load_hotimageset_file,
+    load_hotimagesets,
     parse_hotimageset,
-    select_and_merge,
 )
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA, HOTIMAGESET_OPENAPI_SCHEMA
+from nodeagent.api.selector import parse_label_selector
+from nodeagent.errors import NodeagentError
+from nodeagent.prewarm.desired import select_and_merge
 from nodeagent.registry.platform import normalize_platform
 from nodeagent.registry.reference import parse_reference
 
@@ -66,14 +65,14 @@ def write(tmp_path, text, name="hot.yaml"):
 
 
 def test_valid_multi_document_file(tmp_path):
-    sets = load_hotlist_file(write(tmp_path, VALID))
+    sets = load_hotimageset_file(write(tmp_path, VALID))
     assert [s.name for s in sets] == ["base", "gpu-training"]
     base, gpu = sets
     assert base.pin is True and base.priority == 0 and base.image_pull_secrets == ()
     assert base.node_selector.is_empty()
     assert base.images == (
-        HotImage(parse_reference("registry.k8s.io/pause:3.9"), None, True),
-        HotImage(parse_reference("docker.io/library/nginx:1.25"), None, False),
+        ImageEntry(parse_reference("registry.k8s.io/pause:3.9"), None, True),
+        ImageEntry(parse_reference("docker.io/library/nginx:1.25"), None, False),
     )
     assert gpu.pin is False and gpu.priority == 10
     assert gpu.image_pull_secrets == (SecretRef("ml", "ngc-pull"),)
@@ -92,7 +91,7 @@ def test_json_file_and_directory(tmp_path):
     other["metadata"]["name"] = "other"
     write(tmp_path / "d", yaml.safe_dump(other), "b.yml")
     write(tmp_path / "d", "not: [a hot list", "README.txt")  # ignored: not yaml/json
-    assert [s.name for s in load_hotlist_paths([tmp_path / "d"])] == ["base", "other"]
+    assert [s.name for s in load_hotimagesets([tmp_path / "d"])] == ["base", "other"]
 
 
 def base_doc():
@@ -184,7 +183,7 @@ def test_each_invalid_input_names_path_and_value(tmp_path, where, value, path, m
     _set(doc, where, value)
     file = write(tmp_path, yaml.safe_dump(doc))
     with pytest.raises(HotListError) as info:
-        load_hotlist_file(file)
+        load_hotimageset_file(file)
     assert isinstance(info.value, NodeagentError)
     line = next(line for line in str(info.value).splitlines() if f": {path}: " in line)
     assert line.startswith(f'invalid hot list: {file} document 1 (HotImageSet "web"): {path}: ')
@@ -196,7 +195,7 @@ def test_missing_name_and_wrong_root(tmp_path):
     file = write(tmp_path, "apiVersion: nodeagent.io/v1alpha1\nkind: HotImageSet\n"
                            "metadata: {}\nspec: {images: [{image: nginx}]}\n---\n- a\n- b\n")
     with pytest.raises(HotListError) as info:
-        load_hotlist_file(file)
+        load_hotimageset_file(file)
     text = str(info.value)
     assert f"{file} document 1: metadata.name: Required value" in text
     assert f"{file} document 2: must be a HotImageSet object, got list" in text
@@ -206,7 +205,7 @@ def test_long_values_are_truncated(tmp_path):
     doc = base_doc()
     doc["spec"]["images"][0]["image"] = "Registry.example.com/" + "x" * 300 + "/A"
     with pytest.raises(HotListError) as info:
-        load_hotlist_file(write(tmp_path, yaml.safe_dump(doc)))
+        load_hotimageset_file(write(tmp_path, yaml.safe_dump(doc)))
     line = str(info.value).splitlines()[0]
     assert '"Registry.example.com/xxx' in line and "..." in line and len(line) < 300
 
@@ -225,8 +224,8 @@ def test_all_errors_reported_together_across_documents(tmp_path):
         """)
     file = write(tmp_path, text)
     with pytest.raises(HotListError) as info:
-        load_hotlist_file(file)
-    problems = sorted((p.document, p.set_name, p.path) for p in info.value.problems)
+        load_hotimageset_file(file)
+    problems = sorted((p.document, p.object_name, p.path) for p in info.value.problems)
     assert problems == [
         (4, "base", "metadata.name"),  # duplicate name: the first "base" is document 1
         (4, "base", "spec.images[1].image"),
@@ -242,7 +241,7 @@ def test_nothing_returned_when_one_document_is_bad(tmp_path):
     # A single bad document blocks the whole file (no partial results).
     file = write(tmp_path, VALID + "---\napiVersion: x\n")
     with pytest.raises(HotListError):
-        load_hotlist_file(file)
+        load_hotimageset_file(file)
 
 
 @pytest.mark.parametrize(
@@ -257,30 +256,30 @@ def test_nothing_returned_when_one_document_is_bad(tmp_path):
 def test_file_level_problems(tmp_path, text, message):
     file = write(tmp_path, text)
     with pytest.raises(HotListError) as info:
-        load_hotlist_file(file)
+        load_hotimageset_file(file)
     assert str(file) in str(info.value) and message in str(info.value)
 
 
 def test_yaml_error_has_line(tmp_path):
     file = write(tmp_path, "apiVersion: a\nspec:\n  images: [\n  - x: y\n")
     with pytest.raises(HotListError, match=r"line \d+, column \d+"):
-        load_hotlist_file(file)
+        load_hotimageset_file(file)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(HotListError, match="does not exist"):
-        load_hotlist_file(tmp_path / "nope.yaml")
+        load_hotimageset_file(tmp_path / "nope.yaml")
 
 
 def test_bad_json_file(tmp_path):
     with pytest.raises(HotListError, match=r"bad\.json: not valid JSON: .*line 1"):
-        load_hotlist_file(write(tmp_path, '{"apiVersion": ', "bad.json"))
+        load_hotimageset_file(write(tmp_path, '{"apiVersion": ', "bad.json"))
 
 
 def test_empty_directory_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HotListError, match=r"empty: directory has no \*\.yaml"):
-        load_hotlist_paths([tmp_path / "empty"])
+        load_hotimagesets([tmp_path / "empty"])
 
 
 def test_parse_hotimageset_for_cluster_objects():
@@ -326,8 +325,8 @@ def test_platform_rejected(text):
 def hot_set(name, images, selector=None, pin=True, priority=0, secrets=()):
     return HotImageSet(
         name,
-        tuple(HotImage(parse_reference(i[0]), i[1], i[2]) if isinstance(i, tuple)
-              else HotImage(parse_reference(i)) for i in images),
+        tuple(ImageEntry(parse_reference(i[0]), i[1], i[2]) if isinstance(i, tuple)
+              else ImageEntry(parse_reference(i)) for i in images),
         parse_label_selector(selector or {}),
         pin, priority, tuple(SecretRef(*s) for s in secrets))
 
@@ -379,7 +378,7 @@ def test_merge_digest_and_tag_are_distinct_images():
 
 
 def test_merge_from_file(tmp_path):
-    sets = load_hotlist_file(write(tmp_path, VALID))
+    sets = load_hotimageset_file(write(tmp_path, VALID))
     node = {"nvidia.com/gpu.present": "true", "node.kubernetes.io/instance-type": "p4d.24xlarge"}
     names = [str(d.reference) for d in select_and_merge(sets, node)]
     assert names == ["nvcr.io/nvidia/pytorch:24.05-py3", f"ghcr.io/org/trainer@{D64}",

@@ -14,6 +14,7 @@ import json
 import pytest
 from kubeapi import KubeApiDouble
 
+from nodeagent.api.hotimageset import SecretRef
 from nodeagent.kube.client import load_config, make_client
 from nodeagent.kube.events import EventLimiter, EventRecorder
 from nodeagent.kube.lease import LeaseView, RolloutLimiter, _Observation, is_free, lease_name
@@ -27,7 +28,6 @@ from nodeagent.kube.nodestatus import (
 )
 from nodeagent.kube.secrets import PullSecretError, PullSecrets
 from nodeagent.kube.taint import TaintSpec, decide, removal_patch, remove_taint
-from nodeagent.prewarm.hotlist import SecretRef
 from nodeagent.prewarm.state import ImageState
 from nodeagent.registry.reference import parse_reference
 

@@ -15,9 +15,10 @@ import urllib.request
 import pytest
 from kubeapi import KubeApiDouble, validate_openapi
 
-from nodeagent.kube.client import hotimageset_resource, load_config, make_client
+from nodeagent.api.group import HOTIMAGESET
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA
+from nodeagent.kube.client import api_resource, load_config, make_client
 from nodeagent.kube.watch import Backoff, Mirror, WatchTiming
-from nodeagent.prewarm.hotlist import HOTIMAGESET_OBJECT_SCHEMA
 
 FAST_BACKOFF = Backoff(initial_s=0.05, max_s=0.3)
 
@@ -203,7 +204,7 @@ def names(mirror: Mirror) -> set[str]:
 
 
 async def test_mirror_follows_create_update_delete(api, client):
-    res = hotimageset_resource()
+    res = api_resource(HOTIMAGESET)
     api.create("hotimagesets", hot_set("a", "nginx:1"), group="nodeagent.io")
     mirror, _changes, stop, task = await start_mirror(client, res)
     assert names(mirror) == {"a"}
@@ -219,7 +220,7 @@ async def test_mirror_follows_create_update_delete(api, client):
 
 
 async def test_mirror_relists_after_410_and_notices_missed_deletes(api, client):
-    res = hotimageset_resource()
+    res = api_resource(HOTIMAGESET)
     for n in ("a", "b"):
         api.create("hotimagesets", hot_set(n, "nginx:1"), group="nodeagent.io")
     mirror, _changes, stop, task = await start_mirror(client, res)
@@ -236,7 +237,7 @@ async def test_mirror_relists_after_410_and_notices_missed_deletes(api, client):
 
 
 async def test_mirror_resumes_after_dropped_connection_without_relist(api, client):
-    res = hotimageset_resource()
+    res = api_resource(HOTIMAGESET)
     api.create("hotimagesets", hot_set("a", "nginx:1"), group="nodeagent.io")
     mirror, _changes, stop, task = await start_mirror(client, res)
     lists_before = len(api.calls("list", "hotimagesets"))
@@ -288,7 +289,7 @@ async def test_named_mirror_watches_only_its_object(api, client):
 
 
 async def test_watch_requests_are_bounded_by_timeout(api, client):
-    res = hotimageset_resource()
+    res = api_resource(HOTIMAGESET)
     mirror, _changes, stop, task = await start_mirror(
         client, res, timing=WatchTiming(min_s=0.5, max_s=0.7, client_margin_s=1))
     await asyncio.sleep(2.0)
@@ -303,7 +304,7 @@ async def test_watch_requests_are_bounded_by_timeout(api, client):
 
 
 async def test_mirror_relists_when_a_watch_is_refused_with_http_410(api, client):
-    res = hotimageset_resource()
+    res = api_resource(HOTIMAGESET)
     api.create("hotimagesets", hot_set("a", "nginx:1"), group="nodeagent.io")
     api.watch_gone_as_http = True
     mirror, _changes, stop, task = await start_mirror(client, res)

@@ -19,15 +19,12 @@ import yaml
 from agent_helpers import GROUP, add_node, agent_config, events, eventually, hot_set, running_agent
 from kubeapi import KubeApiDouble, RbacRule, Request, rbac_allows, validate_openapi
 
+from nodeagent.api.crd import crd_manifest
+from nodeagent.api.hotimageset import parse_hotimageset
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA, HOTIMAGESET_OPENAPI_SCHEMA
 from nodeagent.cli import build_parser
 from nodeagent.kube.commands import agent_config as cli_agent_config
-from nodeagent.kube.crd import crd_manifest
 from nodeagent.kube.taint import TaintSpec
-from nodeagent.prewarm.hotlist import (
-    HOTIMAGESET_OBJECT_SCHEMA,
-    HOTIMAGESET_OPENAPI_SCHEMA,
-    parse_hotimageset,
-)
 
 ROOT = Path(__file__).resolve().parent.parent / "daemonset"
 NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "DaemonSet", "Service",
@@ -80,7 +77,8 @@ def test_kustomization_lists_the_install():
 
 def test_crd_is_the_hotlist_schema():
     crd = one("CustomResourceDefinition")
-    assert crd == crd_manifest(), "regenerate: python -m nodeagent.kube.crd > daemonset/crd.yaml"
+    assert crd == crd_manifest(), \
+        "regenerate: python -m nodeagent.api.crd HotImageSet > daemonset/crd.yaml"
     assert crd["spec"]["scope"] == "Cluster"
     [version] = crd["spec"]["versions"]
     assert (crd["spec"]["group"], version["name"]) == ("nodeagent.io", "v1alpha1")

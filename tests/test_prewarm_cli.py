@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from prewarm_helpers import hotlist_yaml
 
+from nodeagent.api.hotimageset import load_hotimageset_file
 from nodeagent.errors import UsageError
-from nodeagent.prewarm.commands import parse_node_labels, select_images
-from nodeagent.prewarm.hotlist import load_hotlist_file
+from nodeagent.prewarm.commands import parse_node_labels
+from nodeagent.prewarm.desired import select_for_node
 from nodeagent.registry.reference import parse_reference
 
 
@@ -223,15 +224,15 @@ def test_node_selection_without_and_with_node_labels(tmp_path):
     hot = tmp_path / "hot.yaml"
     hot.write_text(hotlist_yaml("all", ["a:1"]) + "---\n"
                    + hotlist_yaml("gpu", ["b:1"], selector="gpu: 'true'"))
-    sets = load_hotlist_file(hot)
+    sets = load_hotimageset_file(hot)
 
     def names(images):
         return sorted(d.reference.repository for d in images)
 
-    assert names(select_images(sets, None, False)) == ["library/a"]
-    assert names(select_images(sets, {"gpu": "true"}, False)) == ["library/a", "library/b"]
-    assert names(select_images(sets, {"gpu": "false"}, False)) == ["library/a"]
-    assert names(select_images(sets, None, True)) == ["library/a", "library/b"]
+    assert names(select_for_node(sets, None, False)) == ["library/a"]
+    assert names(select_for_node(sets, {"gpu": "true"}, False)) == ["library/a", "library/b"]
+    assert names(select_for_node(sets, {"gpu": "false"}, False)) == ["library/a"]
+    assert names(select_for_node(sets, None, True)) == ["library/a", "library/b"]
     assert parse_node_labels("a=1, b=2") == {"a": "1", "b": "2"}
     with pytest.raises(UsageError, match="not key=value"):
         parse_node_labels("a")

@@ -2,13 +2,13 @@
 
 import pytest
 
-from nodeagent.errors import NodeagentError
-from nodeagent.kube.selector import (
+from nodeagent.api.selector import (
     LabelSelector,
     SelectorError,
     check_label_selector,
     parse_label_selector,
 )
+from nodeagent.errors import NodeagentError
 
 NODE = {"kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "p4d.24xlarge",
         "nvidia.com/gpu.present": "true", "tier": ""}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodeagent.api.hotimageset import parse_hotimageset
 from nodeagent.cli import build_parser
-from nodeagent.prewarm.hotlist import parse_hotimageset
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "daemonset" / "examples"
 SNAPSHOT_SOURCES = [Path(__file__).resolve().parent.parent / "nodeagent" / "snapshot" / name

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodeagent.api.group import GROUP, VERSION, Kind
 from nodeagent.errors import NodeagentError
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ def make_client(config: KubeConfig, timeout_s: float = 15.0) -> AsyncClient:
                        field_manager=FIELD_MANAGER, trust_env=False)
 
 
-def hotimageset_resource() -> type:
-    """The lightkube generic resource class for the cluster-scoped HotImageSet CRD."""
+def api_resource(kind: Kind) -> type:
+    """The lightkube generic resource class of a cluster-scoped nodeagent.io kind."""
     from lightkube.generic_resource import create_global_resource
 
-    return create_global_resource("nodeagent.io", "v1alpha1", "HotImageSet", "hotimagesets")
+    return create_global_resource(GROUP, VERSION, kind.name, kind.plural)

@@ -19,8 +19,8 @@ from nodeagent.errors import NodeagentError
 from nodeagent.log import fields
 
 if TYPE_CHECKING:
+    from nodeagent.api.hotimageset import SecretRef
     from nodeagent.prewarm.auth import Keyring
-    from nodeagent.prewarm.hotlist import SecretRef
 
 log = logging.getLogger(__name__)
 

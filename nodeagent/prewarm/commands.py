@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import signal
@@ -33,7 +32,7 @@ from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
     from nodeagent.prewarm.auth import Keyring
-    from nodeagent.prewarm.hotlist import DesiredImage, HotImageSet
+    from nodeagent.prewarm.desired import DesiredImage, HotListFiles
 
 log = logging.getLogger("nodeagent.prewarm")
 
@@ -139,25 +138,6 @@ def parse_node_labels(text: str | None) -> dict[str, str] | None:
     return labels
 
 
-def select_images(
-    sets: Sequence[HotImageSet], node_labels: Mapping[str, str] | None, all_sets: bool
-) -> list[DesiredImage]:
-    """This node's desired images. Without node labels, sets with a nodeSelector are left
-    out (we cannot tell whether they apply) unless ``all_sets``."""
-    from nodeagent.kube.selector import LabelSelector
-    from nodeagent.prewarm.hotlist import select_and_merge
-
-    if all_sets:
-        sets = [dataclasses.replace(s, node_selector=LabelSelector()) for s in sets]
-    elif node_labels is None:
-        skipped = [s.name for s in sets if not s.node_selector.is_empty()]
-        if skipped:
-            log.info("sets with a nodeSelector skipped: pass --node-labels or --all-sets",
-                     extra=fields(sets=skipped))
-        sets = [s for s in sets if s.node_selector.is_empty()]
-    return select_and_merge(sets, node_labels or {})
-
-
 def build_keyring(args: argparse.Namespace) -> Keyring | None:
     from nodeagent.prewarm import auth
 
@@ -185,29 +165,26 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def load_desired(args: argparse.Namespace) -> list[DesiredImage]:
-    from nodeagent.prewarm.hotlist import load_hotlist_paths
+def hotlist_files(args: argparse.Namespace, all_sets: bool) -> HotListFiles:
+    """The -f/--node-labels pair of `prewarm`, `snapshot build` and `hydrate`."""
+    from nodeagent.prewarm.desired import HotListFiles
 
-    sets = load_hotlist_paths(args.files)
-    desired = select_images(sets, parse_node_labels(args.node_labels), args.all_sets)
-    secrets = sorted({str(s) for d in desired for s in d.pull_secrets})
-    if secrets:
-        log.info("imagePullSecrets are read by the in-cluster agent; here the node's "
-                 "credentials (--docker-config, credential provider) are used",
-                 extra=fields(secrets=secrets))
-    return desired
+    return HotListFiles(tuple(args.files), parse_node_labels(args.node_labels), all_sets)
 
 
 def prewarm_handler(args: argparse.Namespace) -> int:
+    from nodeagent.prewarm.desired import load_desired
+
     config = engine_config(args)  # bad flags fail before anything else
-    desired = load_desired(args)  # an invalid hot list fails before anything is pulled
+    source = hotlist_files(args, args.all_sets)
+    desired = load_desired(source)  # an invalid hot list fails before anything is pulled
     keyring = build_keyring(args)
-    return asyncio.run(_prewarm(args, config, desired, keyring))
+    return asyncio.run(_prewarm(args, config, source, desired, keyring))
 
 
 async def _prewarm(
-    args: argparse.Namespace, config: EngineConfig, desired: list[DesiredImage],
-    keyring: Keyring | None,
+    args: argparse.Namespace, config: EngineConfig, source: HotListFiles,
+    desired: list[DesiredImage], keyring: Keyring | None,
 ) -> int:
     from nodeagent import metrics
     from nodeagent.console import make_reporter
@@ -230,7 +207,7 @@ async def _prewarm(
                                  else "some hot images missing")
                 print(summary.text())
                 return 0 if summary.ok else 1
-            return await _watch(args, engine, desired, health, client)
+            return await _watch(source, engine, desired, health, client)
     finally:
         reporter.close()
         if server:
@@ -238,7 +215,7 @@ async def _prewarm(
 
 
 async def _watch(
-    args: argparse.Namespace, engine: Any, desired: list[DesiredImage], health: Any,
+    source: HotListFiles, engine: Any, desired: list[DesiredImage], health: Any,
     client: ContainerdClient,
 ) -> int:
     stop = asyncio.Event()
@@ -247,7 +224,7 @@ async def _watch(
         loop.add_signal_handler(sig, stop.set)
     engine.set_desired(desired)
     health.set_ready(True, "watching")
-    watcher = asyncio.create_task(_watch_files(args, engine.set_desired, stop))
+    watcher = asyncio.create_task(_watch_files(source, engine.set_desired, stop))
     try:
         await engine.run(stop)
     finally:
@@ -275,21 +252,22 @@ def _mtimes(paths: Sequence[Path]) -> dict[str, float | None]:
 
 
 async def _watch_files(
-    args: argparse.Namespace, set_desired: Callable[[list[DesiredImage]], None],
+    source: HotListFiles, set_desired: Callable[[list[DesiredImage]], None],
     stop: asyncio.Event,
 ) -> None:
     """Re-read the hot lists when they change; keep the last good list on errors."""
     from nodeagent.errors import NodeagentError
+    from nodeagent.prewarm.desired import load_desired
 
-    seen = _mtimes(args.files)
+    seen = _mtimes(source.paths)
     while not stop.is_set():
         await asyncio.sleep(FILE_POLL_S)
-        now = _mtimes(args.files)
+        now = _mtimes(source.paths)
         if now == seen:
             continue
         seen = now
         try:
-            desired = load_desired(args)
+            desired = load_desired(source)
         except NodeagentError as exc:
             log.error("hot list changed but is invalid; keeping the previous list",
                       extra=fields(error=redact_text(str(exc))))
@@ -304,9 +282,10 @@ async def _watch_files(
 def images_handler(args: argparse.Namespace) -> int:
     hot: list[DesiredImage] | None = None
     if args.files:
-        from nodeagent.prewarm.hotlist import load_hotlist_paths
+        from nodeagent.api.hotimageset import load_hotimagesets
+        from nodeagent.prewarm.desired import select_for_node
 
-        hot = select_images(load_hotlist_paths(args.files), None, all_sets=True)
+        hot = select_for_node(load_hotimagesets(args.files), None, all_sets=True)
     rows = asyncio.run(_list_images(args.containerd_address, hot))
     if args.output == "json":
         print(json.dumps(rows, indent=2))

@@ -68,11 +68,12 @@ from nodeagent.prewarm.state import (
 )
 
 if TYPE_CHECKING:
+    from nodeagent.api.hotimageset import SecretRef
     from nodeagent.console import ProgressReporter
     from nodeagent.containerd.client import ContainerdClient
     from nodeagent.containerd.model import AuthConfig, ImageRecord
     from nodeagent.prewarm.auth import Keyring
-    from nodeagent.prewarm.hotlist import DesiredImage, SecretRef
+    from nodeagent.prewarm.desired import DesiredImage
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ImageRecord
-    from nodeagent.prewarm.hotlist import DesiredImage
+    from nodeagent.prewarm.desired import DesiredImage
     from nodeagent.registry.reference import ImageReference
 
 CRI_PINNED_LABEL = "io.cri-containerd.pinned"

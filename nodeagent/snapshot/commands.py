@@ -29,7 +29,7 @@ from nodeagent.snapshot.hydrate import parse_rate
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
-    from nodeagent.prewarm.hotlist import DesiredImage
+    from nodeagent.prewarm.desired import DesiredImage
     from nodeagent.snapshot.ec2 import AwsClients
     from nodeagent.snapshot.retention import PruneDecision, SnapshotInfo
     from nodeagent.snapshot.workflow import CreateResult
@@ -361,17 +361,17 @@ def create_handler(args: argparse.Namespace) -> int:
 def build_handler(args: argparse.Namespace) -> int:
     from nodeagent.prewarm import commands as prewarm_cmd
     from nodeagent.prewarm.config import EngineConfig
+    from nodeagent.prewarm.desired import load_desired
 
     # The prewarm CLI's knobs that build does not expose keep their defaults (the disk
     # guard included: nodes restored from the snapshot start as full as the builder).
-    args.all_sets = args.node_labels is None
     defaults = EngineConfig()
     args.concurrency = args.concurrency or defaults.concurrency
     args.stall_timeout, args.max_retries = defaults.stall_timeout_s, defaults.max_retries
     args.high_water = defaults.high_water_percent
     args.no_unpin, args.remove_unlisted = False, False
     config = prewarm_cmd.engine_config(args)
-    desired = prewarm_cmd.load_desired(args)
+    desired = load_desired(prewarm_cmd.hotlist_files(args, all_sets=args.node_labels is None))
     if not desired:
         raise UsageError("the hot list selects no image: nothing to build a snapshot of")
     keyring = prewarm_cmd.build_keyring(args)
@@ -511,9 +511,9 @@ def hydrate_images(args: argparse.Namespace) -> list[Any] | None:
     desired: list[DesiredImage] = []
     if args.files:
         from nodeagent.prewarm import commands as prewarm_cmd
+        from nodeagent.prewarm.desired import load_desired
 
-        args.all_sets = args.node_labels is None
-        desired = prewarm_cmd.load_desired(args)
+        desired = load_desired(prewarm_cmd.hotlist_files(args, args.node_labels is None))
     top = max((d.priority for d in desired), default=0)
     count = len(args.images)
     images += [HotImage(ref, top + count - i) for i, ref in enumerate(args.images)]

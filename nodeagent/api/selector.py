@@ -1,9 +1,11 @@
 """Kubernetes LabelSelector: validation like the API server, matching like kubelet.
 
-Pure (no lightkube import) so the CLI and the hot-list loader can use it without a
-cluster. Semantics follow apimachinery's ``LabelSelectorAsSelector`` for a non-nil
-selector: an empty selector matches everything; requirements are AND-ed; ``NotIn`` and
-``DoesNotExist`` match when the key is absent.
+The nodeSelector of the nodeagent.io kinds: its parser, its matcher and its OpenAPI
+schema (``LABEL_SELECTOR_SCHEMA``). Pure (no lightkube import) so the CLI and the
+hot-list loader can use it without a cluster. Semantics follow apimachinery's
+``LabelSelectorAsSelector`` for a non-nil selector: an empty selector matches
+everything; requirements are AND-ed; ``NotIn`` and ``DoesNotExist`` match when the key
+is absent.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodeagent.api.validation import describe_value, show_value
 from nodeagent.errors import NodeagentError
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -217,14 +220,23 @@ def label_value_problems(value: Any, where: str) -> list[str]:
     return []
 
 
-def describe_value(value: Any) -> str:
-    """Type and (shortened) value for error messages: 'integer 5', 'string "x"', 'null'."""
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
-    return kind if value is None else f"{kind} {show_value(value)}"
-
-
-def show_value(value: Any, limit: int = 80) -> str:
-    """A value for an error message, quoted if a string, cut to ``limit`` characters."""
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# The nodeSelector field of a CRD's structural schema.
+LABEL_SELECTOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Nodes whose labels match get this set; absent means all nodes.",
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"type": "string", "enum": list(OPERATORS)},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
