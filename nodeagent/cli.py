@@ -24,7 +24,7 @@ COMMAND_MODULES = (
     "nodeagent.prewarm.commands",
     "nodeagent.disks.commands",
     "nodeagent.snapshot.commands",
-    "nodeagent.kube.commands",
+    "nodeagent.agent.commands",
     "nodeagent.sandbox.commands",
 )
 

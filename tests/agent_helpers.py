@@ -12,13 +12,18 @@ from typing import Any
 
 from kubeapi import KubeApiDouble
 
-from nodeagent.agent import Agent, AgentConfig
+from nodeagent.agent.condition import CONDITION_TYPE
+from nodeagent.agent.config import AgentConfig, DisksSetup
+from nodeagent.agent.daemon import Agent
 from nodeagent.containerd.client import ContainerdClient
+from nodeagent.credentials.options import CredentialOptions
+from nodeagent.disks.commands import setup_options
+from nodeagent.disks.options import Options as DisksOptions
+from nodeagent.errors import UsageError
 from nodeagent.kube.client import load_config, make_client
-from nodeagent.kube.nodestatus import CONDITION_TYPE
 from nodeagent.kube.watch import Backoff, WatchTiming
 from nodeagent.prewarm import plan
-from nodeagent.prewarm.config import EngineConfig
+from nodeagent.prewarm.config import EngineConfig, PrewarmOptions
 
 GROUP = "nodeagent.io"
 FAST_ENGINE = dict(poll_interval_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0,
@@ -43,12 +48,27 @@ def add_node(api: KubeApiDouble, name: str, labels: dict | None = None,
 
 
 def agent_config(node: str, address: str, **kw: Any) -> AgentConfig:
+    """An AgentConfig for tests: fast engine, no credentials; ``engine`` replaces the
+    engine settings, ``credentials`` the node's credentials, ``disks_setup_args`` turns
+    disks setup on with those arguments (parsed as the CLI does, when they parse)."""
     engine = kw.pop("engine", None) or EngineConfig(**FAST_ENGINE, max_retries=kw.pop(
         "max_retries", 2), high_water_percent=100)
+    credentials = kw.pop("credentials", None) or CredentialOptions()
+    if "disks_setup_args" in kw:
+        args = tuple(kw.pop("disks_setup_args"))
+        kw["disks_setup"] = DisksSetup(args, _disks_options(args))
     return AgentConfig(
-        node_name=node, containerd_address=address, engine=engine, metrics_port=None,
+        node_name=node, containerd_address=address,
+        prewarm=PrewarmOptions(engine, credentials), metrics_port=None,
         watch_timing=WatchTiming(20, 30, 1), backoff=lambda: Backoff(0.05, 0.5),
-        status_min_interval_s=0.2, credential_provider_config=None, **kw)
+        status_min_interval_s=0.2, **kw)
+
+
+def _disks_options(args: tuple[str, ...]) -> DisksOptions:
+    try:
+        return setup_options(args)
+    except UsageError:  # a test of a setup that fails: the child process reports it
+        return DisksOptions()
 
 
 @dataclass

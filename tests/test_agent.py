@@ -34,6 +34,7 @@ from prewarm_helpers import PausableProxy
 
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA
 from nodeagent.containerd.client import ContainerdClient
+from nodeagent.credentials.options import CredentialOptions
 from nodeagent.kube.taint import TaintSpec
 
 TAINT = "nodeagent.io/not-ready"
@@ -406,7 +407,7 @@ async def test_restart_without_the_api_server_never_unpins(api, containerd, samp
 
 
 async def test_an_internal_task_failure_stops_the_agent_for_a_restart(api, containerd):
-    from nodeagent.agent import Agent
+    from nodeagent.agent.daemon import Agent
     from nodeagent.errors import NodeagentError
     from nodeagent.kube.client import load_config, make_client
 
@@ -457,7 +458,7 @@ async def test_kubelet_credential_provider_when_mounted(api, containerd, auth_sa
                        "apiVersion": "credentialprovider.kubelet.k8s.io/v1"}]}))
     add_node(api, "n1")
     api.create("hotimagesets", hot_set("private", image.ref), group=GROUP)
-    config = agent_config("n1", containerd.address)
-    config.credential_provider_config = config_file
+    config = agent_config("n1", containerd.address, credentials=CredentialOptions(
+        provider_config=config_file, provider_optional=True))
     async with running_agent(api, config) as run:
         await eventually(lambda: _pinned_is(run.containerd, {image.digest}), what="pulled")

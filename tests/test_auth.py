@@ -13,18 +13,15 @@ import traceback
 import pytest
 
 from nodeagent.containerd.client import AuthConfig
-from nodeagent.errors import NodeagentError
-from nodeagent.prewarm.auth import (
-    AnonymousKeyring,
-    AuthSourceError,
-    ChainKeyring,
+from nodeagent.credentials.dockerconfig import AuthSourceError, DockerConfigKeyring
+from nodeagent.credentials.keyring import AnonymousKeyring, ChainKeyring, RegistryPattern
+from nodeagent.credentials.provider import CredentialProviderKeyring
+from nodeagent.credentials.provider_config import (
     CredentialProviderError,
-    CredentialProviderKeyring,
-    DockerConfigKeyring,
-    RegistryPattern,
     load_credential_provider_config,
     parse_duration,
 )
+from nodeagent.errors import NodeagentError
 from nodeagent.registry.reference import parse_reference
 
 SECRET = "s3cr3t-Pa55w0rd"

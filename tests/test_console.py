@@ -6,6 +6,7 @@ import io
 import logging
 
 from nodeagent import console
+from nodeagent.prewarm import display
 from nodeagent.prewarm.diskguard import FsStatus
 from nodeagent.prewarm.state import ImageState
 
@@ -28,14 +29,14 @@ def test_render_shows_bar_bytes_rate_eta_and_overall_line():
         ImageState("reg/c:1", "failed", message="auth: refused"),
     ]
     fs = FsStatus("/x", 1000 * MiB, 400 * MiB)
-    lines = console.render(states, fs, width=200)
+    lines = display.render(states, fs, width=200)
     assert len(lines) == 4
     assert "reg/a:1" in lines[0] and "#" in lines[0] and "50.0 MiB/100.0 MiB" in lines[0]
     assert "10.0 MiB/s" in lines[0] and "ETA 5s" in lines[0]
     assert "present, pinned in 12s" in lines[1]
     assert "failed: auth: refused" in lines[2]
     assert lines[3].startswith("1/3 present, 1 pulling, 1 failed") and "60%" in lines[3]
-    assert all(len(line) < 40 for line in console.render(states, fs, width=40))
+    assert all(len(line) < 40 for line in display.render(states, fs, width=40))
 
 
 def test_live_display_redraws_in_place_and_keeps_log_lines_above():
@@ -60,7 +61,7 @@ def test_live_display_redraws_in_place_and_keeps_log_lines_above():
 
 def test_console_reporter_draws_once_more_on_close_and_only_once():
     out = io.StringIO()
-    reporter = console.ConsoleReporter(out, min_interval_s=0)
+    reporter = display.ConsoleReporter(out, min_interval_s=0)
     reporter.update([ImageState("reg/a:1", "present")], None)
     reporter.close()
     reporter.close()
@@ -71,7 +72,7 @@ def test_console_reporter_draws_once_more_on_close_and_only_once():
 
 def test_log_reporter_logs_state_changes_and_progress_every_interval(caplog):
     caplog.set_level(logging.INFO, logger="nodeagent.prewarm")
-    reporter = console.LogReporter(interval_s=3600)
+    reporter = display.LogReporter(interval_s=3600)
     pulling = ImageState("reg/a:1", "pulling", bytes_done=5 * MiB, bytes_total=10 * MiB,
                          rate_bps=MiB, eta_s=5, phase="downloading", attempts=1)
     reporter.update([pulling], None)  # first progress line for a new image
@@ -84,7 +85,7 @@ def test_log_reporter_logs_state_changes_and_progress_every_interval(caplog):
 
 
 def test_overall_line_shows_a_rate_only_while_pulling():
-    from nodeagent.console import overall_line
+    from nodeagent.prewarm.display import overall_line
     from nodeagent.prewarm.state import ImageState
 
     done = ImageState(image="reg/a:1", state="present", bytes_done=100, bytes_total=100)

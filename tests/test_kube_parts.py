@@ -14,47 +14,17 @@ import json
 import pytest
 from kubeapi import KubeApiDouble
 
+from nodeagent.agent.condition import CONDITION_TYPE
 from nodeagent.api.hotimageset import SecretRef
 from nodeagent.kube.client import load_config, make_client
 from nodeagent.kube.events import EventLimiter, EventRecorder
 from nodeagent.kube.lease import LeaseView, RolloutLimiter, _Observation, is_free, lease_name
-from nodeagent.kube.nodestatus import (
-    CONDITION_TYPE,
-    Condition,
-    NodeConditionReporter,
-    Reported,
-    compute_condition,
-    should_patch,
-)
+from nodeagent.kube.nodestatus import Condition, NodeConditionReporter, Reported, should_patch
 from nodeagent.kube.secrets import PullSecretError, PullSecrets
 from nodeagent.kube.taint import TaintSpec, decide, removal_patch, remove_taint
-from nodeagent.prewarm.state import ImageState
 from nodeagent.registry.reference import parse_reference
 
 # -- pure decisions ---------------------------------------------------------------------------
-
-
-def st(image: str, state: str, required: bool = False, **kw) -> ImageState:
-    return ImageState(image=image, state=state, required=required, **kw)
-
-
-def test_condition_counts_and_reasons():
-    assert compute_condition([]).reason == "NoHotImages"
-    ok = compute_condition([st("a", "present"), st("b", "present", True)])
-    assert (ok.status, ok.reason) == ("True", "AllImagesPresent")
-    assert ok.message == "2/2 hot images present (required 1/1)"
-    pulling = compute_condition([st("a", "present"), st("b", "pulling"), st("c", "pending")])
-    assert (pulling.status, pulling.reason) == ("False", "Pulling")
-    assert pulling.message == "1/3 hot images present, 2 pulling"
-    failed = compute_condition([st("a", "failed", reason="auth", message="401 from registry"),
-                                st("b", "present")], invalid_sets=["broken"])
-    assert failed.reason == "PullFailed"
-    assert "a: 401 from registry" in failed.message and "broken" in failed.message
-    skipped = compute_condition([st("a", "skipped", reason="disk_guard", message="full")])
-    assert skipped.reason == "DiskSpaceLow"
-    storage = compute_condition([st("a", "present")], storage_problem="RAID0 not assembled")
-    assert (storage.status, storage.reason) == ("False", "StorageNotReady")
-    assert len(compute_condition([st("x" * 600, "failed", message="m")]).message) <= 512
 
 
 def test_should_patch_only_on_change_rate_limit_and_heartbeat():
@@ -140,7 +110,7 @@ async def test_condition_patch_keeps_other_conditions_and_skips_no_change(api, c
     from lightkube.resources.core_v1 import Node
 
     add_node(api)
-    reporter = NodeConditionReporter(client, "n1", min_interval_s=0)
+    reporter = NodeConditionReporter(client, "n1", CONDITION_TYPE, min_interval_s=0)
     cond = Condition("False", "Pulling", "0/2 hot images present, 2 pulling")
     assert await reporter.report(cond)
     assert not await reporter.report(cond)
@@ -154,7 +124,7 @@ async def test_condition_patch_keeps_other_conditions_and_skips_no_change(api, c
     assert len(patches) == 2
     assert all(p.content_type == "application/strategic-merge-patch+json" for p in patches)
     # a restarted agent adopts the condition on the node and does not re-patch it
-    fresh = NodeConditionReporter(client, "n1", min_interval_s=0)
+    fresh = NodeConditionReporter(client, "n1", CONDITION_TYPE, min_interval_s=0)
     fresh.adopt(await client.get(Node, "n1"))
     assert not await fresh.report(Condition("False", "Pulling", "1/2 hot images present"))
 
@@ -273,7 +243,7 @@ def test_agent_cli_rejects_bad_configuration(monkeypatch, capsys, argv, env, mes
 
 async def test_condition_patch_backs_off_while_the_api_fails(api, client):
     add_node(api)
-    reporter = NodeConditionReporter(client, "n1", min_interval_s=0)
+    reporter = NodeConditionReporter(client, "n1", CONDITION_TYPE, min_interval_s=0)
     api.fail(500, verb="patch", subresource="status", times=2)
     cond = Condition("False", "Pulling", "0/1")
     assert not await reporter.report(cond)

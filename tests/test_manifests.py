@@ -19,11 +19,11 @@ import yaml
 from agent_helpers import GROUP, add_node, agent_config, events, eventually, hot_set, running_agent
 from kubeapi import KubeApiDouble, RbacRule, Request, rbac_allows, validate_openapi
 
+from nodeagent.agent.commands import agent_config as cli_agent_config
 from nodeagent.api.crd import crd_manifest
 from nodeagent.api.hotimageset import parse_hotimageset
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA, HOTIMAGESET_OPENAPI_SCHEMA
 from nodeagent.cli import build_parser
-from nodeagent.kube.commands import agent_config as cli_agent_config
 from nodeagent.kube.taint import TaintSpec
 
 ROOT = Path(__file__).resolve().parent.parent / "daemonset"
@@ -137,7 +137,9 @@ def test_daemonset_arguments_and_env_are_accepted_by_the_cli(monkeypatch):
     config = cli_agent_config(args)
     assert config.node_name == "node-from-downward-api"
     assert str(config.startup_taint) == "nodeagent.io/not-ready:NoSchedule"
-    assert config.disks_setup_args == ["--strategy", "raid0"]
+    assert config.disks_setup is not None
+    assert config.disks_setup.args == ("--strategy", "raid0")
+    assert config.disks_setup.options.strategy == "raid0"
     assert args.metrics_port == container["ports"][0]["containerPort"]
 
 

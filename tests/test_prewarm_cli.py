@@ -216,8 +216,9 @@ def test_bad_flags_are_usage_errors(tmp_path):
     hot.write_text(hotlist_yaml("set", ["nginx:1"]))
     run = nodeagent("prewarm", "-f", str(hot), "--concurrency", "0")
     assert run.returncode == 2 and "concurrency must be at least 1" in run.stderr
-    run = nodeagent("prewarm", "-f", str(hot), "--credential-provider-config", str(hot))
-    assert run.returncode == 2 and "go together" in run.stderr
+    run = nodeagent("prewarm", "-f", str(hot), "--credential-provider-bin-dir", str(tmp_path))
+    assert run.returncode == 2
+    assert "--credential-provider-bin-dir needs --credential-provider-config" in run.stderr
 
 
 def test_node_selection_without_and_with_node_labels(tmp_path):

@@ -18,8 +18,8 @@ from prewarm_helpers import PausableProxy, desired
 
 from nodeagent import metrics
 from nodeagent.containerd.client import ContainerdClient
+from nodeagent.credentials.dockerconfig import DockerConfigKeyring
 from nodeagent.prewarm import plan
-from nodeagent.prewarm.auth import DockerConfigKeyring
 from nodeagent.prewarm.engine import EngineConfig, PrewarmEngine
 from nodeagent.sandbox.containerd import PrivateContainerd
 
@@ -348,7 +348,7 @@ async def test_unreadable_manifest_falls_back_to_progress_without_total(
     hosts = tmp_path / "hosts"
     (hosts / pushed.host).mkdir(parents=True)
     (hosts / pushed.host / "hosts.toml").write_text('server = "http://127.0.0.1:9"\n')
-    caplog.set_level("INFO", logger="nodeagent.prewarm.engine")
+    caplog.set_level("INFO", logger="nodeagent.prewarm")
     async with ContainerdClient(containerd.address) as client:
         engine = PrewarmEngine(client, None, EngineConfig(hosts_dir=hosts, **FAST))
         summary = await engine.reconcile(desired(pushed.ref))

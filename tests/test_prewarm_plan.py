@@ -37,7 +37,7 @@ def test_tag_record_name_follows_cri():
 def test_absent_images_are_pulled_in_priority_order():
     wanted = [*desired("r/low:1", priority=0), *desired("r/high:1", priority=10),
               *desired("r/low:2", priority=0)]
-    p = plan.make_plan(wanted, [])
+    p = plan.plan_images(wanted, [])
     assert [str(d.reference) for d in p.pulls] == [
         "docker.io/r/high:1", "docker.io/r/low:1", "docker.io/r/low:2"]
     assert not p.present and not p.pins
@@ -45,7 +45,7 @@ def test_absent_images_are_pulled_in_priority_order():
 
 def test_present_by_tag_is_pinned_on_every_record():
     records = cri_records("docker.io/r/a", "1", D1, C1)
-    p = plan.make_plan(desired("r/a:1"), records)
+    p = plan.plan_images(desired("r/a:1"), records)
     assert not p.pulls
     assert [(d.reference.repository, t) for d, t in p.present] == [("r/a", D1)]
     assert sorted(u.name for u in p.pins) == sorted(r.name for r in records)
@@ -54,16 +54,16 @@ def test_present_by_tag_is_pinned_on_every_record():
 
 def test_digest_reference_matches_any_record_with_that_target():
     records = [rec("docker.io/r/a:other-tag", D1)]
-    p = plan.make_plan(desired(f"r/a@{D1}"), records)
+    p = plan.plan_images(desired(f"r/a@{D1}"), records)
     assert not p.pulls and p.present[0][1] == D1
-    p = plan.make_plan(desired(f"r/a@{D2}"), records)
+    p = plan.plan_images(desired(f"r/a@{D2}"), records)
     assert len(p.pulls) == 1
 
 
 def test_already_pinned_records_need_no_update_and_foreign_pins_are_kept():
     records = [*cri_records("docker.io/r/a", "1", D1, C1, **PINNED),
                rec("docker.io/r/sandbox:3", D2, **{plan.CRI_PINNED_LABEL: "pinned"})]
-    p = plan.make_plan(desired("r/a:1"), records)
+    p = plan.plan_images(desired("r/a:1"), records)
     assert p.pins == [] and p.unpins == []
 
 
@@ -71,15 +71,15 @@ def test_images_that_left_the_list_are_unpinned_only_if_we_pinned_them():
     records = [*cri_records("docker.io/r/a", "1", D1, C1, **PINNED),
                rec("docker.io/r/b:1", D2, **PINNED),
                rec("docker.io/r/sandbox:3", D3, **{plan.CRI_PINNED_LABEL: "pinned"})]
-    p = plan.make_plan(desired("r/a:1"), records)
+    p = plan.plan_images(desired("r/a:1"), records)
     assert [u.name for u in p.unpins] == ["docker.io/r/b:1"]
     assert p.unpins[0].labels == {plan.CRI_PINNED_LABEL: "", plan.PINNED_LABEL: ""}
-    assert plan.make_plan(desired("r/a:1"), records, unpin_removed=False).unpins == []
+    assert plan.plan_images(desired("r/a:1"), records, unpin_removed=False).unpins == []
 
 
 def test_pin_false_unpins_what_we_pinned():
     records = cri_records("docker.io/r/a", "1", D1, C1, **PINNED)
-    p = plan.make_plan(desired("r/a:1", pin=False), records)
+    p = plan.plan_images(desired("r/a:1", pin=False), records)
     assert len(p.unpins) == 3 and not p.pins
 
 
@@ -87,11 +87,11 @@ def test_remove_unlisted_only_touches_images_we_pulled_or_pinned():
     records = [*cri_records("docker.io/r/a", "1", D1, C1, **{plan.PULLED_LABEL: "true"}),
                rec("docker.io/r/b:1", D2),  # not ours
                rec("docker.io/r/c:1", D3, **PINNED)]
-    assert plan.make_plan([], records).removals == []
-    p = plan.make_plan([], records, remove_unlisted=True)
+    assert plan.plan_images([], records).removals == []
+    p = plan.plan_images([], records, remove_unlisted=True)
     assert sorted(r.target_digest for r in p.removals) == [D1, D3]
     assert next(r for r in p.removals if r.target_digest == D1).ref == C1  # by image id
-    kept = plan.make_plan(desired("r/a:1"), records, remove_unlisted=True)
+    kept = plan.plan_images(desired("r/a:1"), records, remove_unlisted=True)
     assert [r.target_digest for r in kept.removals] == [D3]
 
 
@@ -103,9 +103,9 @@ def test_display_name_prefers_a_tag():
 
 def test_pick_next_priority_first_then_least_shared_bytes_then_order():
     base = {D1: 100, D2: 50}
-    waiting = [plan.Candidate(0, 0, base), plan.Candidate(0, 1, {D1: 100, D3: 5}),
-               plan.Candidate(0, 2, {D3: 5}), plan.Candidate(0, 3, None)]
+    waiting = [plan.PullCandidate(0, 0, base), plan.PullCandidate(0, 1, {D1: 100, D3: 5}),
+               plan.PullCandidate(0, 2, {D3: 5}), plan.PullCandidate(0, 3, None)]
     assert plan.pick_next(waiting, {}) == 0  # nothing in flight: hot-list order
     assert plan.pick_next(waiting, {D1: 100}) == 2  # avoid waiting on the shared base
-    waiting.append(plan.Candidate(5, 9, base))
+    waiting.append(plan.PullCandidate(5, 9, base))
     assert plan.pick_next(waiting, {D1: 100}) == 4  # priority wins over sharing

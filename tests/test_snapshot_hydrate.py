@@ -23,7 +23,7 @@ from nodeagent.snapshot.commands import parse_rate
 from nodeagent.snapshot.hydrate import (
     CONTENT_DIR,
     FileEntry,
-    HotImage,
+    HydrateImage,
     HydrateOptions,
     HydrateProgress,
     ImageFiles,
@@ -178,7 +178,7 @@ async def test_hot_images_are_read_in_priority_order(containerd: PrivateContaine
     async with ContainerdClient(containerd.address) as client:
         report = await hydrate(
             client,
-            [HotImage(python.ref, 1), HotImage(server.ref, 10), HotImage(tools.ref, 5)],
+            [HydrateImage(python.ref, 1), HydrateImage(server.ref, 10), HydrateImage(tools.ref, 5)],
             HydrateOptions(containerd_root=str(containerd.root), workers=3),
             recorder,
         )
@@ -213,7 +213,7 @@ async def test_rate_limit_holds(containerd: PrivateContainerd, image_pusher) -> 
     await pull(containerd.address, [big.ref])
     limit = 6 * 2**20
     async with ContainerdClient(containerd.address) as client:
-        report = await hydrate(client, [HotImage(big.ref)],
+        report = await hydrate(client, [HydrateImage(big.ref)],
                                HydrateOptions(containerd_root=str(containerd.root),
                                               workers=4, rate_bps=limit))
     stats = report.hot
@@ -230,8 +230,8 @@ async def test_missing_image_is_reported_others_hydrated(containerd: PrivateCont
     await pull(containerd.address, [trainer.ref])
     async with ContainerdClient(containerd.address) as client:
         report = await hydrate(
-            client, [HotImage("registry.invalid/absent:1", 5), HotImage("Bad Ref!", 4),
-                     HotImage(trainer.ref, 1)],
+            client, [HydrateImage("registry.invalid/absent:1", 5), HydrateImage("Bad Ref!", 4),
+                     HydrateImage(trainer.ref, 1)],
             HydrateOptions(containerd_root=str(containerd.root)))
     assert report.problems[0] == "registry.invalid/absent:1: not in containerd"
     assert report.problems[1].startswith("Bad Ref!: ")
@@ -303,18 +303,18 @@ async def test_stop_interrupts_and_once_per_boot(containerd: PrivateContainerd,
     threading.Timer(0.5, stop.set).start()
     async with ContainerdClient(containerd.address) as client:
         started = time.monotonic()
-        report = await hydrate_once_per_boot(client, [HotImage(big.ref)], slow, stop=stop,
+        report = await hydrate_once_per_boot(client, [HydrateImage(big.ref)], slow, stop=stop,
                                              marker=marker)
         assert report is not None and not report.complete
         assert time.monotonic() - started < 3  # ~8 MiB at 2 MiB/s would take 4+ s
         assert not os.path.exists(marker)  # interrupted: the next start tries again
 
         fast = HydrateOptions(containerd_root=str(containerd.root))
-        report = await hydrate_once_per_boot(client, [HotImage(big.ref)], fast,
+        report = await hydrate_once_per_boot(client, [HydrateImage(big.ref)], fast,
                                              marker=marker)
         assert report is not None and report.complete and report.hot.bytes > 8 << 20
         assert json.loads(Path(marker).read_text())["bytes"] == report.hot.bytes
-        assert await hydrate_once_per_boot(client, [HotImage(big.ref)], fast,
+        assert await hydrate_once_per_boot(client, [HydrateImage(big.ref)], fast,
                                            marker=marker) is None
 
 
@@ -347,7 +347,7 @@ async def test_agent_boot_hydration(containerd: PrivateContainerd, sample_images
 
     from prewarm_helpers import desired
 
-    from nodeagent.snapshot.hydrate import boot_hydration
+    from nodeagent.agent.hydration import boot_hydration
 
     server = sample_images["model-server"]
     await pull(containerd.address, [server.ref])

@@ -7,8 +7,11 @@ Python dependencies, and as the single-file zipapp (python -m nodeagent.disks.zi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
+from collections.abc import Sequence
 
 from nodeagent.disks.options import (
     DEFAULT_ARRAY_NAME,
@@ -20,6 +23,7 @@ from nodeagent.disks.options import (
     STRATEGIES,
     Options,
 )
+from nodeagent.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,18 +46,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.set_defaults(func=_plan)
     setup = sub.add_parser("setup", help="apply: array, filesystem, mounts, binds, units "
                            "(idempotent; safe to run on every boot)")
-    _add_common(setup)
-    _add_output(setup)
-    setup.add_argument("--restart-services", action="store_true",
-                       help="stop containerd/kubelet while their directories move, then "
-                            "start them again (without it, setup refuses to move a "
-                            "directory whose service is running)")
+    _add_setup(setup)
     setup.set_defaults(func=_setup)
     status = sub.add_parser("status", help="array health, mounts, binds and capacity "
                             "(exit 1 when not healthy)")
     _add_common(status)
     _add_output(status)
     status.set_defaults(func=_status)
+
+
+def _add_setup(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    _add_output(p)
+    p.add_argument("--restart-services", action="store_true",
+                   help="stop containerd/kubelet while their directories move, then "
+                        "start them again (without it, setup refuses to move a "
+                        "directory whose service is running)")
+
+
+def setup_options(argv: Sequence[str]) -> Options:
+    """The Options `nodeagent disks setup ARGV` would use (the agent runs that command in
+    a child process and reads its array and mount path); UsageError when ARGV is bad."""
+    parser = argparse.ArgumentParser(prog="nodeagent disks setup", add_help=False)
+    _add_setup(parser)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = parser.parse_args(list(argv))
+    except SystemExit:
+        problem = errors.getvalue().strip().splitlines()[-1:] or ["invalid"]
+        raise UsageError(f"disks setup arguments {' '.join(argv)!r}: {problem[0]}") from None
+    return options_from_args(args)
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:

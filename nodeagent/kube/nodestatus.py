@@ -1,30 +1,29 @@
-"""The Node condition ``ImagesPrewarmed``: computed purely, patched only when it changes.
+"""A Node condition of ours, patched only when it changes.
 
-At thousands of nodes the status write rate matters, so the agent patches the node's
-status subresource (strategic merge: conditions merge by ``type``, so kubelet's and
-other agents' conditions are untouched) only when the status or reason changes, when
-only the message (counts) changed and ``min_interval_s`` has passed since the last
-patch, and as a heartbeat every ``heartbeat_s``. After a restart it adopts the condition
-already on the node, so a DaemonSet rollout does not rewrite every node.
+What the condition says is its owner's rule (the agent's ``ImagesPrewarmed``:
+agent/condition.py); this module reports it. At thousands of nodes the status write
+rate matters, so the reporter patches the node's status subresource (strategic merge:
+conditions merge by ``type``, so kubelet's and other agents' conditions are untouched)
+only when the status or reason changes, when only the message (counts) changed and
+``min_interval_s`` has passed since the last patch, and as a heartbeat every
+``heartbeat_s``. After a restart it adopts the condition already on the node, so a
+DaemonSet rollout does not rewrite every node.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from nodeagent import metrics
 from nodeagent.log import fields
-from nodeagent.prewarm.state import FAILED, PRESENT, SKIPPED, ImageState
 
 log = logging.getLogger(__name__)
 
-CONDITION_TYPE = "ImagesPrewarmed"
-MAX_MESSAGE = 512
 RETRY_MAX_S = 60.0
 
 
@@ -33,48 +32,6 @@ class Condition:
     status: str  # "True" | "False" | "Unknown"
     reason: str  # CamelCase, bounded set
     message: str
-
-
-def compute_condition(states: Iterable[ImageState], invalid_sets: Sequence[str] = (),
-                      storage_problem: str | None = None) -> Condition:
-    """What the condition says now; pure."""
-    states = list(states)
-    note = _invalid_note(invalid_sets)
-    if storage_problem:
-        return Condition("False", "StorageNotReady", _cap(storage_problem + note))
-    if not states:
-        return Condition("True", "NoHotImages", _cap("no HotImageSet selects this node" + note))
-    total = len(states)
-    present = [s for s in states if s.state == PRESENT]
-    failed = [s for s in states if s.state == FAILED]
-    skipped = [s for s in states if s.state == SKIPPED]
-    counts = f"{len(present)}/{total} hot images present"
-    required = [s for s in states if s.required]
-    if required and len(required) != total:
-        done = sum(1 for s in required if s.state == PRESENT)
-        counts += f" (required {done}/{len(required)})"
-    if len(present) == total:
-        return Condition("True", "AllImagesPresent", _cap(counts + note))
-    if failed or skipped:
-        worst = (failed or skipped)[0]
-        reason = "PullFailed" if failed else "DiskSpaceLow"
-        detail = f"{len(failed)} failed, {len(skipped)} skipped; {worst.image}: " \
-                 f"{worst.message or worst.reason}"
-        return Condition("False", reason, _cap(f"{counts}, {detail}{note}"))
-    active = total - len(present)
-    return Condition("False", "Pulling", _cap(f"{counts}, {active} pulling{note}"))
-
-
-def _invalid_note(invalid_sets: Sequence[str]) -> str:
-    if not invalid_sets:
-        return ""
-    shown = ", ".join(sorted(invalid_sets)[:5])
-    more = f" and {len(invalid_sets) - 5} more" if len(invalid_sets) > 5 else ""
-    return f"; invalid HotImageSet skipped: {shown}{more} (see the agent log)"
-
-
-def _cap(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -98,9 +55,10 @@ def should_patch(last: Reported | None, cond: Condition, now: float, heartbeat_s
     return age >= heartbeat_s
 
 
-def condition_body(cond: Condition, transition_time: str, heartbeat_time: str) -> dict:
+def condition_body(condition_type: str, cond: Condition, transition_time: str,
+                   heartbeat_time: str) -> dict:
     return {
-        "type": CONDITION_TYPE,
+        "type": condition_type,
         "status": cond.status,
         "reason": cond.reason,
         "message": cond.message,
@@ -117,11 +75,12 @@ def rfc3339(ts: float | None = None) -> str:
 class NodeConditionReporter:
     """Holds what was last reported and patches the node status when ``should_patch``."""
 
-    def __init__(self, client: Any, node_name: str, *, heartbeat_s: float = 600.0,
-                 min_interval_s: float = 10.0,
+    def __init__(self, client: Any, node_name: str, condition_type: str, *,
+                 heartbeat_s: float = 600.0, min_interval_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._node_name = node_name
+        self.condition_type = condition_type
         self.heartbeat_s = heartbeat_s
         self.min_interval_s = min_interval_s
         self._clock = clock
@@ -134,7 +93,7 @@ class NodeConditionReporter:
         """Take over the condition already on the node (first sight after a restart)."""
         if self.last is not None:
             return
-        existing = _find_condition(node)
+        existing = _find_condition(node, self.condition_type)
         if existing is None:
             return
         beat = existing.lastHeartbeatTime
@@ -176,7 +135,8 @@ class NodeConditionReporter:
         last = self.last
         same_status = last is not None and last.condition.status == cond.status
         transition = last.transition_time if same_status and last else now_wall
-        body = {"status": {"conditions": [condition_body(cond, transition, now_wall)]}}
+        body = {"status": {"conditions": [
+            condition_body(self.condition_type, cond, transition, now_wall)]}}
         try:
             await self._client.patch(Node.Status, self._node_name, body,
                                      patch_type=PatchType.STRATEGIC)
@@ -197,14 +157,14 @@ class NodeConditionReporter:
         metrics.AGENT_STATUS_PATCHES.labels(outcome="patched").inc()
         metrics.AGENT_CONDITION_TRUE.set(1 if cond.status == "True" else 0)
         log.info("node condition updated", extra=fields(
-            condition=CONDITION_TYPE, status=cond.status, reason=cond.reason,
+            condition=self.condition_type, status=cond.status, reason=cond.reason,
             message=cond.message))
         return True
 
 
-def _find_condition(node: Any) -> Any:
+def _find_condition(node: Any, condition_type: str) -> Any:
     status = getattr(node, "status", None)
     for cond in (getattr(status, "conditions", None) or []):
-        if cond.type == CONDITION_TYPE:
+        if cond.type == condition_type:
             return cond
     return None

@@ -20,7 +20,7 @@ from nodeagent.log import fields
 
 if TYPE_CHECKING:
     from nodeagent.api.hotimageset import SecretRef
-    from nodeagent.prewarm.auth import Keyring
+    from nodeagent.credentials.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PullSecrets:
         self._locks: dict[SecretRef, asyncio.Lock] = {}
 
     async def __call__(self, refs: Sequence[SecretRef]) -> Keyring | None:
-        from nodeagent.prewarm.auth import ChainKeyring
+        from nodeagent.credentials.keyring import ChainKeyring
 
         keyrings, problems = [], []
         for ref in refs:
@@ -82,7 +82,7 @@ class PullSecrets:
         from lightkube import ApiError
         from lightkube.resources.core_v1 import Secret
 
-        from nodeagent.prewarm.auth import DockerConfigKeyring
+        from nodeagent.credentials.dockerconfig import DockerConfigKeyring
 
         source = f"imagePullSecret {ref.namespace}/{ref.name}"
         try:

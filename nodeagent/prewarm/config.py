@@ -1,4 +1,7 @@
-"""Prewarm engine settings (standard library only, so the CLI can show defaults cheaply)."""
+"""Prewarm settings: the engine's knobs (EngineConfig) and, with the node's credentials,
+the one options object every command that prewarms builds from its flags
+(PrewarmOptions: `prewarm`, `snapshot build`, the agent). Light imports only, so the CLI
+can show defaults cheaply."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeagent.credentials.options import CredentialOptions
 from nodeagent.errors import UsageError
 from nodeagent.prewarm.diskguard import DEFAULT_UNPACKED_RATIO, default_high_water_percent
 
@@ -58,3 +62,12 @@ class EngineConfig:
             raise UsageError(
                 f"high-water mark must be a percentage in (0, 100], got {self.high_water_percent}"
             )
+
+
+@dataclass(frozen=True)
+class PrewarmOptions:
+    """What a command that prewarms takes from its flags (prewarm/commands.py declares
+    them once): the engine's knobs and the node's registry credentials."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    credentials: CredentialOptions = field(default_factory=CredentialOptions)

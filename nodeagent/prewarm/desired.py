@@ -37,6 +37,12 @@ class DesiredImage:
         """Identity used for de-duplication: normalized reference plus platform."""
         return (str(self.reference), self.platform)
 
+    @property
+    def name(self) -> str:
+        """How the engine and its reports name it: the reference, plus the platform."""
+        return str(self.reference) if self.platform is None else (
+            f"{self.reference} ({self.platform})")
+
 
 @dataclass(frozen=True)
 class HotListFiles:

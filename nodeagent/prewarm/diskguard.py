@@ -5,7 +5,9 @@ imageGCHighThresholdPercent (85% by default) and evicts pods past the eviction
 thresholds. Before each pull the engine asks ``check`` whether the filesystem's current
 usage, plus what in-flight pulls still need, plus this image's estimate stays under a
 high-water mark (default 80%). ``check`` is pure; ``read_fs_status`` is the effect
-(CRI ImageFsInfo names the filesystem, statvfs measures it).
+(CRI ImageFsInfo names the filesystem, statvfs measures it); ``DiskGuard`` is the
+engine's collaborator that does both before each pull and remembers what the pulls in
+flight will still write.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nodeagent import metrics
 from nodeagent.console import fmt_bytes
 from nodeagent.errors import NodeagentError, UsageError
 
 if TYPE_CHECKING:
-    from nodeagent.containerd.client import FsUsage
+    from nodeagent.containerd.client import ContainerdClient, FsUsage
+    from nodeagent.prewarm.progress import IngestMonitor
 
 DEFAULT_HIGH_WATER_PERCENT = 80.0
 HIGH_WATER_ENV = "NODEAGENT_HIGH_WATER"
@@ -137,3 +141,62 @@ def read_fs_status(
         available_bytes=st.f_bavail * st.f_frsize,
         containerd_used_bytes=usage.used_bytes,
     )
+
+
+class DiskGuard:
+    """Before a pull: measure the image filesystem and ``check`` the pull against the
+    high-water mark, counting what the pulls in flight will still write (their estimate
+    minus what they wrote so far). ``release`` when a pull ends."""
+
+    def __init__(self, client: ContainerdClient, monitor: IngestMonitor,
+                 high_water_percent: float, unpacked_ratio: float = DEFAULT_UNPACKED_RATIO,
+                 host_root: str = "", statvfs: Callable[[str], object] | None = None):
+        self.client = client
+        self.monitor = monitor
+        self.high_water_percent = high_water_percent
+        self.unpacked_ratio = unpacked_ratio
+        self.host_root = host_root
+        self._statvfs = statvfs
+        self.fs: FsStatus | None = None  # last measured
+        self._needed: dict[str, int] = {}  # in-flight pulls: estimated bytes they add
+
+    async def admit(self, key: str, done: set[str], layers: dict[str, int] | None
+                    ) -> str | None:
+        """None to go ahead (the pull's estimate is then reserved), else why not."""
+        missing = sum(size for d, size in (layers or {}).items() if d not in done)
+        needed = estimate_needed(missing, self.unpacked_ratio)
+        if self.high_water_percent >= 100:
+            self._needed[key] = needed
+            return None
+        try:
+            fs = await self.measure()
+        except DiskGuardError as exc:
+            return str(exc)
+        decision = check(key, needed, fs, self.high_water_percent, self.reserved(exclude=key))
+        if decision.allowed:
+            self._needed[key] = needed
+            return None
+        return decision.message
+
+    def release(self, key: str) -> None:
+        self._needed.pop(key, None)
+
+    def reserved(self, exclude: str) -> int:
+        """What pulls in flight will still add (their estimate minus what they wrote)."""
+        total = 0
+        for key, needed in self._needed.items():
+            progress = self.monitor.images.get(key)
+            written = progress.bytes_done * (1 + self.unpacked_ratio) if progress else 0
+            if key != exclude:
+                total += max(0, int(needed - written))
+        return total
+
+    async def measure(self) -> FsStatus:
+        usages = await self.client.image_fs_info()
+        kwargs = {"statvfs": self._statvfs} if self._statvfs else {}
+        fs = read_fs_status(usages, self.host_root, **kwargs)
+        self.fs = fs
+        metrics.IMAGE_FS_USED.set(fs.used_bytes)
+        metrics.IMAGE_FS_CAPACITY.set(fs.capacity_bytes)
+        metrics.IMAGE_FS_CONTAINERD_USED.set(fs.containerd_used_bytes)
+        return fs

@@ -1,7 +1,8 @@
 """Pure planning: desired hot images + containerd's image records -> actions.
 
 No I/O here. The engine lists the records (native Images API, namespace k8s.io), calls
-``make_plan`` and applies the result. One CRI pull creates three records that share one
+``plan_images`` and applies the result; ``pick_next`` chooses which waiting pull takes a
+free slot. One CRI pull creates three records that share one
 target (manifest or index) digest: the tag, ``repo@digest`` and the config id
 (``sha256:...``). An image is identified by that target digest throughout.
 
@@ -51,7 +52,9 @@ class Removal:
 
 
 @dataclass
-class Plan:
+class ImagePlan:
+    """What one reconcile pass does, decided by ``plan_images``."""
+
     present: list[tuple[DesiredImage, str]] = field(default_factory=list)  # (image, target)
     pulls: list[DesiredImage] = field(default_factory=list)  # priority order
     pins: list[LabelUpdate] = field(default_factory=list)
@@ -113,13 +116,13 @@ def is_ours(record: ImageRecord) -> bool:
     return MARKER_VALUE in (record.labels.get(PINNED_LABEL), record.labels.get(PULLED_LABEL))
 
 
-def make_plan(
+def plan_images(
     desired: Sequence[DesiredImage],
     records: Sequence[ImageRecord],
     *,
     unpin_removed: bool = True,
     remove_unlisted: bool = False,
-) -> Plan:
+) -> ImagePlan:
     """Decide what to pull, pin, unpin and (only if asked) remove.
 
     - desired and present: pin it when ``pin`` (else unpin it if we had pinned it);
@@ -127,7 +130,7 @@ def make_plan(
     - pinned by us but no longer desired (or desired with ``pin: false``): unpin;
     - ``remove_unlisted``: remove images carrying our marker that nobody desires.
     """
-    plan = Plan()
+    plan = ImagePlan()
     groups = group_by_target(records)
     keep_pinned: set[str] = set()
     wanted: set[str] = set()
@@ -192,7 +195,7 @@ def _dedup(updates: list[LabelUpdate]) -> list[LabelUpdate]:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class PullCandidate:
     """A pull waiting for a slot: its priority, hot-list position and layers (if known)."""
 
     priority: int
@@ -200,7 +203,7 @@ class Candidate:
     layers: Mapping[str, int] | None  # digest -> compressed size
 
 
-def pick_next(waiting: Sequence[Candidate], busy_layers: Mapping[str, int]) -> int:
+def pick_next(waiting: Sequence[PullCandidate], busy_layers: Mapping[str, int]) -> int:
     """Index of the waiting pull to start next.
 
     Highest priority first, always. Among equal priorities, prefer the image sharing the

@@ -1,4 +1,5 @@
-"""Per-image status model shared by the engine, the progress reporters and the agent.
+"""Per-image status model shared by the engine, the progress reporters and the agent,
+and the summary of a reconcile pass.
 
 ``ImageState`` is what ``PrewarmEngine.snapshot()`` returns for each hot image; the
 agent turns it into Node conditions / HotImageSet status, the console draws it and the
@@ -77,3 +78,35 @@ class ImageState:
             "message": self.message,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
         }
+
+
+@dataclass
+class PrewarmSummary:
+    """Outcome of a reconcile pass."""
+
+    states: list[ImageState]
+    unpinned: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state == PRESENT for s in self.states)
+
+    @property
+    def missing(self) -> list[ImageState]:
+        return [s for s in self.states if s.state != PRESENT]
+
+    def text(self) -> str:
+        pulled = sum(1 for s in self.states if s.state == PRESENT and s.attempts)
+        present = sum(1 for s in self.states if s.state == PRESENT)
+        head = (f"prewarm: {present}/{len(self.states)} images present ({pulled} pulled, "
+                f"{present - pulled} already there)")
+        counts = {k: sum(1 for s in self.states if s.state == k) for k in (FAILED, SKIPPED)}
+        head += "".join(f", {n} {k}" for k, n in counts.items() if n)
+        lines = [head]
+        for s in self.missing:
+            optional = "" if s.required else " (optional)"
+            lines.append(f"  {s.state:<8} {s.image}{optional}: {s.message or s.reason}")
+        lines += [f"  unpinned {name}" for name in self.unpinned]
+        lines += [f"  removed  {name}" for name in self.removed]
+        return "\n".join(lines)

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from nodeagent.console import fmt_bytes
 from nodeagent.containerd.client import add_address_argument
+from nodeagent.credentials.commands import add_credential_arguments
 from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.log import fields
+from nodeagent.prewarm.commands import add_engine_arguments, hotlist_files, prewarm_options
 from nodeagent.snapshot import tags as T
 from nodeagent.snapshot.hydrate import parse_rate
 
@@ -136,15 +138,8 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
                    metavar="FILE", help="HotImageSet YAML file or directory (repeatable)")
     p.add_argument("--node-labels", metavar="K=V,...",
                    help="evaluate nodeSelectors against these labels instead of taking all")
-    p.add_argument("--docker-config", action="append", type=Path, default=[], metavar="FILE",
-                   help="registry credentials: docker config.json (repeatable)")
-    p.add_argument("--credential-provider-config", type=Path, metavar="FILE",
-                   help="kubelet CredentialProviderConfig (ECR: ecr-credential-provider)")
-    p.add_argument("--credential-provider-bin-dir", type=Path, metavar="DIR")
-    p.add_argument("--concurrency", type=int, default=None, metavar="N",
-                   help="images pulled at once (default: the prewarm default)")
-    p.add_argument("--hosts-dir", type=Path, metavar="DIR",
-                   help="containerd registry hosts.toml directory")
+    add_engine_arguments(p)
+    add_credential_arguments(p)
     _add_create_arguments(p)
     p.set_defaults(func=build_handler)
 
@@ -359,30 +354,22 @@ def create_handler(args: argparse.Namespace) -> int:
 
 
 def build_handler(args: argparse.Namespace) -> int:
-    from nodeagent.prewarm import commands as prewarm_cmd
-    from nodeagent.prewarm.config import EngineConfig
+    from nodeagent.credentials.options import build_keyring
     from nodeagent.prewarm.desired import load_desired
 
-    # The prewarm CLI's knobs that build does not expose keep their defaults (the disk
-    # guard included: nodes restored from the snapshot start as full as the builder).
-    defaults = EngineConfig()
-    args.concurrency = args.concurrency or defaults.concurrency
-    args.stall_timeout, args.max_retries = defaults.stall_timeout_s, defaults.max_retries
-    args.high_water = defaults.high_water_percent
-    args.no_unpin, args.remove_unlisted = False, False
-    config = prewarm_cmd.engine_config(args)
-    desired = load_desired(prewarm_cmd.hotlist_files(args, all_sets=args.node_labels is None))
+    options = prewarm_options(args)
+    desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
     if not desired:
         raise UsageError("the hot list selects no image: nothing to build a snapshot of")
-    keyring = prewarm_cmd.build_keyring(args)
-    version, images = asyncio.run(_prewarm_and_verify(args, config, desired, keyring))
+    keyring = build_keyring(options.credentials)
+    version, images = asyncio.run(_prewarm_and_verify(args, options.engine, desired, keyring))
     return _run_create(args, images, version)
 
 
 async def _prewarm_and_verify(args: argparse.Namespace, config: Any,
                               desired: list[DesiredImage], keyring: Any) -> tuple[str, list[str]]:
-    from nodeagent.console import make_reporter
     from nodeagent.containerd.client import ContainerdClient
+    from nodeagent.prewarm.display import make_reporter
     from nodeagent.prewarm.engine import PrewarmEngine
 
     reporter = make_reporter(sys.stderr)
@@ -505,32 +492,31 @@ def prune_table(decisions: Sequence[PruneDecision]) -> str:
 
 def hydrate_images(args: argparse.Namespace) -> list[Any] | None:
     """Images from --image then -f (priorities kept above every -f one), or None: pinned."""
-    from nodeagent.snapshot.hydrate import HotImage
+    from nodeagent.snapshot.hydrate import HydrateImage
 
-    images: list[HotImage] = []
+    images: list[HydrateImage] = []
     desired: list[DesiredImage] = []
     if args.files:
-        from nodeagent.prewarm import commands as prewarm_cmd
         from nodeagent.prewarm.desired import load_desired
 
-        desired = load_desired(prewarm_cmd.hotlist_files(args, args.node_labels is None))
+        desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
     top = max((d.priority for d in desired), default=0)
     count = len(args.images)
-    images += [HotImage(ref, top + count - i) for i, ref in enumerate(args.images)]
-    images += [HotImage(str(d.reference), d.priority) for d in desired]
+    images += [HydrateImage(ref, top + count - i) for i, ref in enumerate(args.images)]
+    images += [HydrateImage(str(d.reference), d.priority) for d in desired]
     return images or None
 
 
 async def _pinned_images(client: ContainerdClient) -> list[Any]:
     from nodeagent.prewarm import plan
-    from nodeagent.snapshot.hydrate import HotImage
+    from nodeagent.snapshot.hydrate import HydrateImage
 
     records = await client.list_image_records()
     images = []
     for target, recs in sorted(plan.group_by_target(records).items(),
                                key=lambda kv: plan.display_name(kv[1])):
         if any(r.labels.get(plan.PINNED_LABEL) == plan.MARKER_VALUE for r in recs):
-            images.append(HotImage(plan.display_name(recs), 0, target))
+            images.append(HydrateImage(plan.display_name(recs), 0, target))
     return images
 
 

@@ -30,7 +30,7 @@ import platform
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -375,7 +375,7 @@ def file_entry(path: str) -> FileEntry | None:
 
 
 @dataclass(frozen=True)
-class HotImage:
+class HydrateImage:
     """An image to hydrate: a reference (tag or digest) or a target digest, and priority."""
 
     image: str
@@ -405,8 +405,8 @@ class Layout:
         return [e for e in found if e is not None]
 
 
-async def resolve_targets(client: ContainerdClient, images: Sequence[HotImage]
-                          ) -> tuple[list[HotImage], list[str]]:
+async def resolve_targets(client: ContainerdClient, images: Sequence[HydrateImage]
+                          ) -> tuple[list[HydrateImage], list[str]]:
     """Target digests of the images from containerd's records; problems for the absent."""
     from nodeagent.prewarm import plan
     from nodeagent.registry.reference import parse_reference
@@ -424,11 +424,11 @@ async def resolve_targets(client: ContainerdClient, images: Sequence[HotImage]
         if target is None:
             problems.append(f"{image.image}: not in containerd")
             continue
-        resolved.append(HotImage(image.image, image.priority, target))
+        resolved.append(HydrateImage(image.image, image.priority, target))
     return resolved, problems
 
 
-async def image_files(client: ContainerdClient, layout: Layout, image: HotImage,
+async def image_files(client: ContainerdClient, layout: Layout, image: HydrateImage,
                       snapshotter: str = "overlayfs") -> tuple[ImageFiles, list[str]]:
     """Blob and unpacked-layer files of one image (problems noted, not raised)."""
     assert image.target is not None
@@ -460,7 +460,7 @@ async def image_files(client: ContainerdClient, layout: Layout, image: HotImage,
     return ImageFiles(image.image, image.priority, tuple(layer_files), tuple(blobs)), problems
 
 
-async def collect(client: ContainerdClient, layout: Layout, images: Sequence[HotImage],
+async def collect(client: ContainerdClient, layout: Layout, images: Sequence[HydrateImage],
                   snapshotter: str = "overlayfs") -> tuple[list[ImageFiles], list[str]]:
     resolved, problems = await resolve_targets(client, images)
     found = []
@@ -512,7 +512,7 @@ class HydrateReport:
 
 async def hydrate(
     client: ContainerdClient,
-    images: Sequence[HotImage],
+    images: Sequence[HydrateImage],
     options: HydrateOptions,
     progress: HydrateProgress | None = None,
     stop: threading.Event | None = None,
@@ -582,7 +582,7 @@ BOOT_MARKER = "/run/nodeagent/hydrated"  # tmpfs on the host: gone after every b
 
 async def hydrate_once_per_boot(
     client: ContainerdClient,
-    images: Sequence[HotImage],
+    images: Sequence[HydrateImage],
     options: HydrateOptions,
     progress: HydrateProgress | None = None,
     stop: threading.Event | None = None,
@@ -604,50 +604,3 @@ async def hydrate_once_per_boot(
         done.write_text(json.dumps({"bytes": report.hot.bytes, "images": report.images,
                                       "at": time.time()}) + "\n")
     return report
-
-
-# Agent settings (environment of the DaemonSet container).
-HYDRATE_ENV = "NODEAGENT_HYDRATE"  # "false" turns boot hydration off
-HYDRATE_RATE_ENV = "NODEAGENT_HYDRATE_RATE"  # e.g. "200MiB"; unset: no limit
-HYDRATE_FULL_DEVICE_ENV = "NODEAGENT_HYDRATE_FULL_DEVICE"  # "true": then the whole device
-HOST_ROOT_ENV = "NODEAGENT_HOST_ROOT"  # where the host's / is visible (/proc/1/root)
-
-
-async def boot_hydration(client: ContainerdClient, desired: Sequence[Any],
-                         stop: Any, containerd_root: str = "/var/lib/containerd",
-                         env: Mapping[str, str] | None = None) -> HydrateReport | None:
-    """For the agent: hydrate this node's hot images (DesiredImage list) once per boot,
-    configured from the environment; never raises (hydration is an optimisation), stops
-    when the asyncio ``stop`` event is set."""
-    import asyncio
-
-    env = os.environ if env is None else env
-    if env.get(HYDRATE_ENV, "true").strip().lower() in ("false", "0", "no", "off"):
-        return None
-    ready = threading.Event()
-    watcher = asyncio.ensure_future(_bridge(stop, ready))
-    try:
-        host_root = env.get(HOST_ROOT_ENV, "")
-        device = None
-        if env.get(HYDRATE_FULL_DEVICE_ENV, "").strip().lower() == "true":
-            from nodeagent.snapshot.volume import mounted_device
-
-            device = mounted_device(host_root + containerd_root if host_root
-                                    else containerd_root)
-        options = HydrateOptions(containerd_root=containerd_root, host_root=host_root,
-                                 rate_bps=parse_rate(env.get(HYDRATE_RATE_ENV, ""),
-                                                     HYDRATE_RATE_ENV),
-                                 full_device=device)
-        images = [HotImage(str(d.reference), d.priority) for d in desired]
-        return await hydrate_once_per_boot(client, images, options, stop=ready)
-    except Exception as exc:  # an optimisation: log it, never take the agent down
-        log.warning("boot hydration failed", extra=fields(error=str(exc)))
-        return None
-    finally:
-        watcher.cancel()
-
-
-async def _bridge(stop: Any, flag: threading.Event) -> None:
-    """asyncio.Event -> threading.Event, for the reader threads."""
-    await stop.wait()
-    flag.set()

@@ -1,4 +1,4 @@
-"""The DaemonSet agent: cluster hot list -> this node's containerd, with status.
+"""The agent's daemon: cluster hot list -> this node's containerd, with status.
 
 Tasks (one asyncio loop, one process):
 
@@ -14,167 +14,36 @@ Tasks (one asyncio loop, one process):
 - /metrics, /healthz, /readyz on one port.
 
 SIGTERM/SIGINT: the engine cancels pulls in flight (rollout Leases are released), the
-last Events are flushed, and the process exits 0.
+last Events are flushed, and the process exits 0 (agent/process.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodeagent import metrics
+from nodeagent.agent.condition import CONDITION_TYPE, compute_condition
+from nodeagent.agent.config import AgentConfig
+from nodeagent.agent.selection import EngineFeed, Selection
+from nodeagent.agent.storage import Storage, disk_snapshot, run_disks_setup
 from nodeagent.aio import sleep_unless, wait_any
 from nodeagent.errors import NodeagentError
 from nodeagent.kube.events import EventRecorder
-from nodeagent.kube.nodestatus import Condition, NodeConditionReporter, compute_condition
+from nodeagent.kube.nodestatus import Condition, NodeConditionReporter
 from nodeagent.kube.taint import TaintSpec, decide, has_taint, remove_taint, taint_dicts
-from nodeagent.kube.watch import Backoff, Mirror, WatchTiming, describe_error
+from nodeagent.kube.watch import Backoff, Mirror, describe_error
 from nodeagent.log import fields, redact_text
-from nodeagent.prewarm.config import EngineConfig
-from nodeagent.prewarm.state import FAILED, PRESENT, SKIPPED, ImageState
+from nodeagent.prewarm.state import FAILED, PRESENT, SKIPPED
 
 if TYPE_CHECKING:
-    from nodeagent.api.hotimageset import HotImageSet
     from nodeagent.prewarm.desired import DesiredImage
 
 log = logging.getLogger("nodeagent.agent")
 
 SHUTDOWN_GRACE_S = 20.0
-
-
-@dataclass
-class AgentConfig:
-    node_name: str
-    containerd_address: str
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    metrics_port: int | None = 9464
-    metrics_host: str = "0.0.0.0"
-    startup_taint: TaintSpec | None = None
-    startup_taint_timeout_s: float = 900.0
-    rollout_limit: int = 0  # 0: off
-    lease_namespace: str = "nodeagent"
-    lease_duration_s: int = 30
-    docker_configs: Sequence[Path] = ()
-    credential_provider_config: Path | None = None
-    credential_provider_bin_dir: Path | None = None
-    disks_setup_args: Sequence[str] | None = None  # None: the agent never sets disks up
-    disks_status_interval_s: float = 60.0
-    heartbeat_s: float = 600.0
-    status_min_interval_s: float = 10.0
-    secret_ttl_s: float = 300.0
-    watch_timing: WatchTiming = field(default_factory=WatchTiming)
-    backoff: Callable[[], Backoff] = Backoff
-
-
-# ------------------------------------------------------------------ selection (pure-ish)
-
-
-class Selection:
-    """Parses HotImageSet objects (cached by resourceVersion) and picks this node's images.
-
-    A malformed object is reported once per version (log + metric + condition message)
-    and skipped; the others still apply.
-    """
-
-    def __init__(self) -> None:
-        self._parsed: dict[str, tuple[str, HotImageSet | None]] = {}
-        self.invalid: list[str] = []
-
-    def parse(self, objects: Mapping[str, Mapping]) -> list[HotImageSet]:
-        from nodeagent.api.hotimageset import parse_hotimageset
-
-        valid, invalid, parsed = [], [], {}
-        for name, obj in sorted(objects.items()):
-            version = (obj.get("metadata") or {}).get("resourceVersion") or ""
-            cached = self._parsed.get(name)
-            if cached is None or cached[0] != version:
-                try:
-                    cached = (version, parse_hotimageset(dict(obj), f"HotImageSet {name}"))
-                except NodeagentError as exc:
-                    log.error("invalid HotImageSet skipped", extra=fields(
-                        hotimageset=name, resource_version=version,
-                        error=redact_text(str(exc))))
-                    cached = (version, None)
-            parsed[name] = cached
-            if cached[1] is None:
-                invalid.append(name)
-            else:
-                valid.append(cached[1])
-        self._parsed, self.invalid = parsed, invalid
-        return valid
-
-    def select(self, objects: Mapping[str, Mapping], labels: Mapping[str, str]
-               ) -> list[DesiredImage]:
-        from nodeagent.prewarm.desired import select_and_merge
-
-        sets = self.parse(objects)
-        selected = sum(1 for s in sets if s.node_selector.matches(labels))
-        metrics.AGENT_HOTIMAGESETS.labels(state="selected").set(selected)
-        metrics.AGENT_HOTIMAGESETS.labels(state="not_selected").set(len(sets) - selected)
-        metrics.AGENT_HOTIMAGESETS.labels(state="invalid").set(len(self.invalid))
-        return select_and_merge(sets, labels)
-
-
-# ------------------------------------------------------------------ engine feed
-
-
-class EngineFeed:
-    """The engine's ProgressReporter: wakes the control loop on state changes."""
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-        self.changes: list[tuple[str, str, str | None, str]] = []
-
-    def update(self, states: Sequence[ImageState], fs: Any) -> None:
-        return  # counts are read from engine.snapshot() when the loop runs
-
-    def event(self, state: ImageState) -> None:
-        self.changes.append((state.image, state.state, state.reason, state.message))
-        self._wake()
-
-    def close(self) -> None:
-        return
-
-
-# ------------------------------------------------------------------ local storage
-
-
-@dataclass
-class Storage:
-    """Local storage readiness: set up by ``disks setup`` or not managed by the agent."""
-
-    ready: bool = True
-    problem: str | None = None
-    ran_setup: bool = False
-
-
-async def run_disks_setup(args: Sequence[str]) -> Storage:
-    """``nodeagent disks setup --restart-services ARGS`` in a child process."""
-    cmd = [sys.executable, "-m", "nodeagent.cli", "--log-format", "json", "disks", "setup",
-           "--restart-services", *args]
-    log.info("setting up local storage (node still carries the startup taint)",
-             extra=fields(command=" ".join(cmd[2:])))
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    output, _ = await proc.communicate()
-    text = redact_text(output.decode(errors="replace")).strip()
-    for line in text.splitlines()[-20:]:
-        log.info("disks setup: %s", line)
-    if proc.returncode == 0:
-        return Storage(ready=True, ran_setup=True)
-    last = text.splitlines()[-1] if text else f"exit code {proc.returncode}"
-    return Storage(ready=False, ran_setup=True,
-                   problem=f"local storage setup failed: {last[:300]}")
-
-
-# ------------------------------------------------------------------ the agent
 
 
 class Agent:
@@ -194,7 +63,7 @@ class Agent:
         self.selection = Selection()
         self.secrets = PullSecrets(kube, ttl_s=config.secret_ttl_s)
         self.events = EventRecorder(kube, config.node_name)
-        self.status = NodeConditionReporter(kube, config.node_name,
+        self.status = NodeConditionReporter(kube, config.node_name, CONDITION_TYPE,
                                             heartbeat_s=config.heartbeat_s,
                                             min_interval_s=config.status_min_interval_s)
         self.feed = EngineFeed(self._wake.set)
@@ -217,6 +86,7 @@ class Agent:
                       label=label)
 
     def _engine(self) -> Any:
+        from nodeagent.credentials.options import build_keyring
         from nodeagent.prewarm.engine import PrewarmEngine
 
         gate = None
@@ -226,7 +96,8 @@ class Agent:
             gate = RolloutLimiter(self.kube, self.config.lease_namespace, self.config.node_name,
                                   self.config.rollout_limit,
                                   lease_duration_s=self.config.lease_duration_s).gate
-        return PrewarmEngine(self.containerd, build_keyring(self.config), self.config.engine,
+        prewarm = self.config.prewarm
+        return PrewarmEngine(self.containerd, build_keyring(prewarm.credentials), prewarm.engine,
                              self.feed, secret_keyring=self.secrets, pull_gate=gate)
 
     # -- lifecycle
@@ -328,8 +199,8 @@ class Agent:
             return
         self._engine_task = self._spawn(self.engine.run(self._engine_stop), "engine")
         # After a restore from an EBS snapshot: read the hot images' blocks first, once
-        # per boot (NODEAGENT_HYDRATE*, see snapshot/hydrate.py); it never raises.
-        from nodeagent.snapshot.hydrate import boot_hydration
+        # per boot (NODEAGENT_HYDRATE*, see agent/hydration.py); it never raises.
+        from nodeagent.agent.hydration import boot_hydration
 
         self._spawn(boot_hydration(self.containerd, self.desired, self._engine_stop), "hydrate")
         self.health.set_ready(True, "watching")
@@ -436,8 +307,7 @@ class Agent:
         """`disks status` figures as metrics, always (cheap: sysfs and statvfs only)."""
         while not stop.is_set():
             try:
-                snapshot = await asyncio.to_thread(disk_snapshot,
-                                                   self.config.disks_setup_args or ())
+                snapshot = await asyncio.to_thread(disk_snapshot, self.config.disks)
                 metrics.set_disk_metrics(snapshot)
             except Exception as exc:  # metrics must never take the agent down
                 log.warning("cannot read local disk status", extra=fields(
@@ -445,8 +315,8 @@ class Agent:
             await sleep_unless(stop, self.config.disks_status_interval_s)
 
     async def _storage_setup(self) -> None:
-        spec, args = self.config.startup_taint, self.config.disks_setup_args
-        if args is None:
+        spec, setup = self.config.startup_taint, self.config.disks_setup
+        if setup is None:
             return
         await self.node_mirror.synced.wait()
         node = self.node()
@@ -456,119 +326,14 @@ class Agent:
                      extra=fields(taint=str(spec) if spec else None))
             return
         self.storage = Storage(ready=False, problem="local storage setup in progress")
-        self.storage = await run_disks_setup(args)
+        self.storage = await run_disks_setup(setup.args)
         if not self.storage.ready:
             log.error("local storage setup failed", extra=fields(problem=self.storage.problem))
             self.events.emit("Warning", "LocalStorageSetupFailed", self.storage.problem or "",
                              key="disks")
 
 
-def disk_snapshot(setup_args: Sequence[str]) -> dict:
-    """disks.status.disk_metrics_snapshot with the options the setup uses (array name,
-    mount path), seen from wherever we run (host, or the pod through /proc/1/root)."""
-    from nodeagent.disks.host import detect_host
-    from nodeagent.disks.status import disk_metrics_snapshot
-
-    return disk_metrics_snapshot(detect_host(), disks_options(setup_args))
-
-
-def disks_options(setup_args: Sequence[str]) -> Any:
-    """The disks Options that ``disks setup ARGS`` would use; UsageError when invalid."""
-    import io
-    from contextlib import redirect_stderr
-
-    from nodeagent.cli import build_parser
-    from nodeagent.disks.commands import options_from_args
-    from nodeagent.errors import UsageError
-
-    errors = io.StringIO()
-    try:
-        with redirect_stderr(errors):
-            args = build_parser().parse_args(["disks", "setup", *setup_args])
-    except SystemExit:
-        problem = errors.getvalue().strip().splitlines()[-1:] or ["invalid"]
-        raise UsageError(f"disks setup arguments {' '.join(setup_args)!r}: "
-                         f"{problem[0]}") from None
-    return options_from_args(args)
-
-
 def _node_resource() -> type:
     from lightkube.resources.core_v1 import Node
 
     return Node
-
-
-def build_keyring(config: AgentConfig) -> Any:
-    """Node credentials: docker config files and the kubelet credential provider if mounted."""
-    from nodeagent.prewarm import auth
-
-    rings: list[Any] = [auth.DockerConfigKeyring.from_file(p) for p in config.docker_configs]
-    provider_config = config.credential_provider_config
-    if provider_config is not None and provider_config.is_file():
-        rings.append(auth.CredentialProviderKeyring(
-            provider_config, config.credential_provider_bin_dir or provider_config.parent))
-    elif provider_config is not None:
-        log.info("no kubelet credential provider config mounted; using pull secrets only",
-                 extra=fields(path=str(provider_config)))
-    if not rings:
-        return None
-    return rings[0] if len(rings) == 1 else auth.ChainKeyring(rings)
-
-
-# ------------------------------------------------------------------ process entry
-
-
-async def main(config: AgentConfig, kube_server: str | None = None,
-               kubeconfig: str | None = None) -> int:
-    """The ``nodeagent agent`` process: signals, metrics server, clients, agent."""
-    import signal
-
-    from nodeagent.containerd.client import ContainerdClient
-    from nodeagent.kube.client import load_config, make_client
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    health = metrics.HealthState(heartbeat_timeout_s=120)
-    server = None
-    if config.metrics_port is not None:
-        server = metrics.serve(config.metrics_port, health, config.metrics_host)
-        log.info("serving /metrics, /healthz, /readyz", extra=fields(port=server.port))
-    kube = make_client(load_config(kube_server, kubeconfig))
-    containerd = ContainerdClient(config.containerd_address)
-    try:
-        if await connect_containerd(containerd, stop, health):
-            log.info("agent starting", extra=fields(
-                node=config.node_name, rollout_limit=config.rollout_limit or None,
-                startup_taint=str(config.startup_taint) if config.startup_taint else None))
-            await Agent(config, kube, containerd, health).run(stop)
-    finally:
-        await containerd.close()
-        with contextlib.suppress(Exception):
-            await kube.close()
-        if server is not None:
-            server.close()
-    return 0
-
-
-async def connect_containerd(client: Any, stop: asyncio.Event,
-                             health: metrics.HealthState) -> bool:
-    """Wait for containerd (it may start after us on a booting node); False if stopped."""
-    from nodeagent.containerd.client import ContainerdTooOld
-
-    backoff = Backoff(initial_s=1.0, max_s=30.0)
-    while not stop.is_set():
-        try:
-            await client.connect()
-            return True
-        except ContainerdTooOld:
-            raise
-        except NodeagentError as exc:
-            health.set_ready(False, "waiting for containerd")
-            health.beat()
-            delay = backoff.delay()
-            log.warning("containerd not available yet; retrying", extra=fields(
-                address=client.address, error=redact_text(str(exc)), retry_in_s=round(delay, 1)))
-            await sleep_unless(stop, delay)
-    return False

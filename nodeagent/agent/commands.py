@@ -1,8 +1,11 @@
-"""`nodeagent agent`: the DaemonSet's command (see nodeagent/agent.py).
+"""`nodeagent agent`: the DaemonSet's command; its flags become one AgentConfig.
 
-Standard library and light nodeagent modules only at import time; lightkube, grpc and
-prometheus-client load inside the handler. Every flag has an environment variable so
-the DaemonSet manifest can set them from the downward API or a ConfigMap.
+The pull flags are prewarm's and the credential flags credentials', declared once there
+and shared with `prewarm` and `snapshot build`; the `disks setup` arguments are checked
+by the disks command's own parser. Every flag has an environment variable so the
+DaemonSet manifest can set them from the downward API or a ConfigMap. Standard library
+and light nodeagent modules only at import time; lightkube, grpc and prometheus-client
+load inside the handler.
 """
 
 from __future__ import annotations
@@ -11,21 +14,15 @@ import argparse
 import asyncio
 import os
 import shlex
-from pathlib import Path
 
 from nodeagent.containerd.client import add_address_argument
+from nodeagent.credentials.commands import add_credential_arguments
+from nodeagent.credentials.options import EKS_PROVIDER_CONFIG
 from nodeagent.errors import UsageError
-from nodeagent.prewarm.config import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_STALL_TIMEOUT_S,
-    EngineConfig,
-)
-from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
+from nodeagent.prewarm.commands import add_engine_arguments, prewarm_options
 
 DEFAULT_TAINT = "nodeagent.io/not-ready:NoSchedule"
 DEFAULT_METRICS_PORT = 9464
-DEFAULT_CREDENTIAL_PROVIDER_CONFIG = "/etc/eks/image-credential-provider/config.json"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -57,8 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="address to serve metrics on (default 0.0.0.0)")
     _taint_args(p)
     _rollout_args(p)
-    _credential_args(p)
-    _engine_args(p)
+    add_credential_arguments(
+        p, provider_config=_env("CREDENTIAL_PROVIDER_CONFIG", str(EKS_PROVIDER_CONFIG)),
+        provider_bin_dir=_env("CREDENTIAL_PROVIDER_BIN_DIR"))
+    add_engine_arguments(p, hosts_dir=_env("HOSTS_DIR"))
+    p.add_argument("--host-root", default=_env("HOST_ROOT", ""), metavar="DIR",
+                   help="where the host's / is mounted in the container, for disk usage")
     p.add_argument("--disks-setup", action="store_true",
                    default=_env("DISKS_SETUP", "") in ("1", "true"),
                    help="run 'nodeagent disks setup --restart-services' at start while the "
@@ -96,38 +97,9 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
                         "(default 30)")
 
 
-def _credential_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--docker-config", action="append", type=Path, default=[], metavar="FILE",
-                   help="registry credentials file (docker config.json), repeatable")
-    p.add_argument("--credential-provider-config", type=Path,
-                   default=_env("CREDENTIAL_PROVIDER_CONFIG", DEFAULT_CREDENTIAL_PROVIDER_CONFIG),
-                   metavar="FILE", help="kubelet CredentialProviderConfig, used when present "
-                   f"(default {DEFAULT_CREDENTIAL_PROVIDER_CONFIG})")
-    p.add_argument("--credential-provider-bin-dir", type=Path,
-                   default=_env("CREDENTIAL_PROVIDER_BIN_DIR"), metavar="DIR",
-                   help="directory of the credential provider plugins (default: the "
-                        "config's directory)")
-
-
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"images pulled at once on this node (default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S, metavar="S",
-                   help="cancel and retry a pull after S seconds without a new byte")
-    p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N")
-    p.add_argument("--high-water", type=float, default=None,
-                   metavar="PERCENT", help="skip pulls that would fill the image filesystem "
-                   f"past PERCENT (env {HIGH_WATER_ENV}; default 80)")
-    p.add_argument("--hosts-dir", type=Path, default=_env("HOSTS_DIR"), metavar="DIR",
-                   help="containerd hosts.toml directory (registry mirrors), for manifests")
-    p.add_argument("--host-root", default=_env("HOST_ROOT", ""), metavar="DIR",
-                   help="where the host's / is mounted in the container, for disk usage")
-    p.add_argument("--no-unpin", action="store_true",
-                   help="do not unpin images that left the hot list")
-
-
 def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps CLI light)
-    from nodeagent.agent import AgentConfig
+    from nodeagent.agent.config import AgentConfig, DisksSetup
+    from nodeagent.disks.commands import setup_options
     from nodeagent.kube.taint import TaintSpec
 
     if not args.node_name:
@@ -138,20 +110,20 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
     if args.lease_duration < 3:
         raise UsageError(f"--lease-duration must be at least 3 seconds, got "
                          f"{args.lease_duration}")
-    disks_args = shlex.split(args.disks_setup_args) if args.disks_setup else None
-    if disks_args is not None:
-        from nodeagent.agent import disks_options
-
-        disks_options(disks_args)  # bad arguments fail now, not on the first boot
-    engine = EngineConfig(
-        concurrency=args.concurrency, stall_timeout_s=args.stall_timeout,
-        max_retries=args.max_retries, **high_water_override(args.high_water),
-        unpin_removed=not args.no_unpin, hosts_dir=args.hosts_dir, host_root=args.host_root,
-    )
+    disks_setup = None
+    if args.disks_setup:
+        disks_args = shlex.split(args.disks_setup_args)
+        # Bad arguments fail now, not on the first boot.
+        disks_setup = DisksSetup(tuple(disks_args), setup_options(disks_args))
+    # The credential provider config is looked for at a default location: a node
+    # without one uses pull secrets only.
+    prewarm = prewarm_options(args, provider_optional=True, host_root=args.host_root)
     return AgentConfig(
         node_name=args.node_name,
         containerd_address=args.containerd_address,
-        engine=engine,
+        kubeconfig=args.kubeconfig,
+        kube_server=args.server,
+        prewarm=prewarm,
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
         metrics_host=args.metrics_host,
         startup_taint=TaintSpec.parse(args.startup_taint) if args.startup_taint else None,
@@ -159,17 +131,13 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         rollout_limit=args.rollout_limit,
         lease_namespace=args.lease_namespace,
         lease_duration_s=args.lease_duration,
-        docker_configs=tuple(args.docker_config),
-        credential_provider_config=args.credential_provider_config,
-        credential_provider_bin_dir=args.credential_provider_bin_dir,
-        disks_setup_args=disks_args,
+        disks_setup=disks_setup,
         heartbeat_s=args.heartbeat,
         status_min_interval_s=args.status_min_interval,
     )
 
 
 def agent_handler(args: argparse.Namespace) -> int:
-    from nodeagent.agent import main
+    from nodeagent.agent.process import main
 
-    config = agent_config(args)
-    return asyncio.run(main(config, kube_server=args.server, kubeconfig=args.kubeconfig))
+    return asyncio.run(main(agent_config(args)))

@@ -1,0 +1,49 @@
+"""What `nodeagent agent` was told: one typed object, built by agent/commands.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nodeagent.disks.options import Options as DisksOptions
+from nodeagent.kube.taint import TaintSpec
+from nodeagent.kube.watch import Backoff, WatchTiming
+from nodeagent.prewarm.config import PrewarmOptions
+
+
+@dataclass(frozen=True)
+class DisksSetup:
+    """`nodeagent disks setup` as the agent runs it (in a child process, while the node
+    carries the startup taint): its arguments, and the options they mean (the array name
+    and mount path the agent's disk metrics read)."""
+
+    args: tuple[str, ...]
+    options: DisksOptions
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    containerd_address: str
+    kubeconfig: str | None = None  # None: in-cluster service account, else $KUBECONFIG
+    kube_server: str | None = None  # the API server's URL (tests, port-forwards)
+    prewarm: PrewarmOptions = field(default_factory=PrewarmOptions)
+    metrics_port: int | None = 9464
+    metrics_host: str = "0.0.0.0"
+    startup_taint: TaintSpec | None = None
+    startup_taint_timeout_s: float = 900.0
+    rollout_limit: int = 0  # 0: off
+    lease_namespace: str = "nodeagent"
+    lease_duration_s: int = 30
+    disks_setup: DisksSetup | None = None  # None: the agent never sets disks up
+    disks_status_interval_s: float = 60.0
+    heartbeat_s: float = 600.0
+    status_min_interval_s: float = 10.0
+    secret_ttl_s: float = 300.0
+    watch_timing: WatchTiming = field(default_factory=WatchTiming)
+    backoff: Callable[[], Backoff] = Backoff
+
+    @property
+    def disks(self) -> DisksOptions:
+        """The disks options the agent's status and metrics use."""
+        return self.disks_setup.options if self.disks_setup else DisksOptions()
