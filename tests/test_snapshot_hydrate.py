@@ -19,21 +19,23 @@ from nodeagent.cli import main
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.errors import UsageError
 from nodeagent.sandbox.containerd import PrivateContainerd
-from nodeagent.snapshot.commands import parse_rate
-from nodeagent.snapshot.hydrate import (
+from nodeagent.snapshot.hydrate import HydrateOptions, hydrate
+from nodeagent.snapshot.hydrate_plan import (
     CONTENT_DIR,
     FileEntry,
     HydrateImage,
-    HydrateOptions,
-    HydrateProgress,
     ImageFiles,
+    chain_ids,
+    pick_manifest,
+    plan_reads,
+)
+from nodeagent.snapshot.hydrate_read import (
+    HydrateError,
+    HydrateProgress,
     ReadItem,
     ReadStats,
     TokenBucket,
-    chain_ids,
-    hydrate,
-    pick_manifest,
-    plan_reads,
+    parse_rate,
 )
 
 # ---------------------------------------------------------------------- pure
@@ -374,8 +376,6 @@ async def test_agent_boot_hydration(containerd: PrivateContainerd, sample_images
 
 
 async def test_wrong_root_is_refused(containerd: PrivateContainerd, tmp_path: Path) -> None:
-    from nodeagent.snapshot.hydrate import HydrateError
-
     async with ContainerdClient(containerd.address) as client:
         with pytest.raises(HydrateError, match="is not containerd's root"):
             await hydrate(client, [], HydrateOptions(containerd_root=str(tmp_path)))

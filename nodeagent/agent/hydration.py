@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 from nodeagent.log import fields
 from nodeagent.snapshot.hydrate import (
-    HydrateImage,
     HydrateOptions,
     HydrateReport,
+    device_of_root,
     hydrate_once_per_boot,
-    parse_rate,
 )
+from nodeagent.snapshot.hydrate_plan import HydrateImage
+from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
@@ -50,10 +51,7 @@ async def boot_hydration(client: ContainerdClient, desired: Sequence[DesiredImag
         host_root = env.get(HOST_ROOT_ENV, "")
         device = None
         if env.get(HYDRATE_FULL_DEVICE_ENV, "").strip().lower() == "true":
-            from nodeagent.snapshot.volume import mounted_device
-
-            device = mounted_device(host_root + containerd_root if host_root
-                                    else containerd_root)
+            device = device_of_root(containerd_root, host_root)
         options = HydrateOptions(containerd_root=containerd_root, host_root=host_root,
                                  rate_bps=parse_rate(env.get(HYDRATE_RATE_ENV, ""),
                                                      HYDRATE_RATE_ENV),

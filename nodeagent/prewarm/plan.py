@@ -176,6 +176,28 @@ def removals(groups: dict[str, list[ImageRecord]], wanted: set[str]) -> list[Rem
     return out
 
 
+def pinned_images(records: Sequence[ImageRecord]) -> list[tuple[str, str]]:
+    """(display name, target digest) of every image nodeagent pinned, by name."""
+    found = [(display_name(recs), target) for target, recs in group_by_target(records).items()
+             if any(r.labels.get(PINNED_LABEL) == MARKER_VALUE for r in recs)]
+    return sorted(found)
+
+
+def present_and_pinned_problems(desired: Sequence[DesiredImage],
+                                records: Sequence[ImageRecord]) -> list[str]:
+    """What keeps the desired images from being on disk as asked: absent, or not pinned
+    although ``pin`` (a snapshot builder checks this before it snapshots)."""
+    groups = group_by_target(records)
+    problems = []
+    for image in desired:
+        target = find_target(image.reference, records)
+        if target is None:
+            problems.append(f"{image.reference} is not in containerd")
+        elif image.pin and not is_pinned(groups[target]):
+            problems.append(f"{image.reference} is present but not pinned")
+    return problems
+
+
 def display_name(records: Sequence[ImageRecord]) -> str:
     """The most human name among an image's records: a tag, else repo@digest, else id."""
     names = [r.name for r in records]

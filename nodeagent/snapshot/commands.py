@@ -1,5 +1,8 @@
-"""`nodeagent snapshot create|build|list|prune` and `nodeagent hydrate`.
+"""`nodeagent snapshot create|build|list|prune` and `nodeagent hydrate`: flags to options.
 
+The work is elsewhere in the package: create.py (checks, volume, tags, workflow),
+build.py (prewarm and verify first), workflow.py (list, prune), hydrate.py, and what is
+printed, output.py. `snapshot build` takes prewarm's pull and credential flags.
 Standard library and light nodeagent modules only at import time: boto3, grpc and the
 prewarm engine load inside the handlers.
 """
@@ -11,37 +14,27 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import socket
 import sys
-import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nodeagent.console import fmt_bytes
 from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments
-from nodeagent.errors import NodeagentError, UsageError
-from nodeagent.log import fields
+from nodeagent.errors import UsageError
 from nodeagent.prewarm.commands import add_engine_arguments, hotlist_files, prewarm_options
-from nodeagent.snapshot import tags as T
-from nodeagent.snapshot.hydrate import parse_rate
+from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
-    from nodeagent.containerd.client import ContainerdClient
     from nodeagent.prewarm.desired import DesiredImage
-    from nodeagent.snapshot.ec2 import AwsClients
-    from nodeagent.snapshot.retention import PruneDecision, SnapshotInfo
-    from nodeagent.snapshot.workflow import CreateResult
+    from nodeagent.snapshot.create import CreateOptions
+    from nodeagent.snapshot.ec2 import AwsOptions
 
 log = logging.getLogger("nodeagent.snapshot")
 
 DEFAULT_ROOT = "/var/lib/containerd"
 DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
 DEFAULT_KEEP = 3
-ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -207,208 +200,80 @@ def _register_hydrate(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=hydrate_handler)
 
 
-# ---------------------------------------------------------------------- shared helpers
+# ---------------------------------------------------------------------- options
 
 
-def _aws(args: argparse.Namespace) -> AwsClients:
-    from nodeagent.snapshot.ec2 import AwsClients, AwsOptions
+def aws_options(args: argparse.Namespace) -> AwsOptions:
+    from nodeagent.snapshot.ec2 import AwsOptions
 
-    if args.max_attempts < 1:
-        raise UsageError(f"--max-attempts must be at least 1 (got {args.max_attempts})")
-    return AwsClients(AwsOptions(region=args.region, endpoint_url=args.endpoint_url,
-                                 max_attempts=args.max_attempts))
+    return AwsOptions(region=args.region, endpoint_url=args.endpoint_url,
+                      max_attempts=args.max_attempts)
 
 
-def _zones(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(z.strip() for v in values for z in v.split(",") if z.strip())
+def create_options(args: argparse.Namespace) -> CreateOptions:
+    from nodeagent.snapshot.create import CreateOptions
 
-
-def architecture() -> str:
-    machine = platform.machine().lower()
-    return ARCHITECTURES.get(machine, machine)
-
-
-def hot_image_names(records: Sequence[Any]) -> list[str]:
-    """One display name per image that nodeagent pinned (what the volume is for)."""
-    from nodeagent.prewarm import plan
-
-    names = []
-    for recs in plan.group_by_target(records).values():
-        if any(r.labels.get(plan.PINNED_LABEL) == plan.MARKER_VALUE for r in recs):
-            names.append(plan.display_name(recs))
-    return sorted(set(names))
-
-
-def _resolve_volume(args: argparse.Namespace, aws: AwsClients) -> str:
-    from nodeagent.snapshot import imds
-    from nodeagent.snapshot.ec2 import find_attached_volume
-    from nodeagent.snapshot.volume import discover_volume
-
-    if args.volume_id:
-        return str(args.volume_id)
-    target = discover_volume(args.containerd_root)
-    if target.volume_id:
-        return target.volume_id
-    instance = args.instance_id or imds.instance_id()
-    if not instance:
-        raise UsageError(f"/dev/{target.device.name} is a Xen device without a volume serial: "
-                         "pass --instance-id (instance metadata is unreachable) or --volume-id")
-    return find_attached_volume(aws.ec2, instance, target.device.name)
-
-
-async def _containerd_facts(address: str) -> tuple[str, list[Any]]:
-    from nodeagent.containerd.client import ContainerdClient
-
-    async with ContainerdClient(address) as client:
-        version = await client.version()
-        records = await client.list_image_records()
-    return version.version, records
-
-
-class WaitProgress:
-    """Snapshot completion: one redrawn line on a terminal, a log line per poll otherwise."""
-
-    def __init__(self, live: bool) -> None:
-        from nodeagent.console import LiveDisplay
-
-        self.display = LiveDisplay(sys.stderr) if live else None
-        if self.display:
-            self.display.hook_logging()
-        self.started = time.monotonic()
-
-    def __call__(self, snapshot_id: str, state: str, progress: str) -> None:
-        from nodeagent.console import bar, fmt_duration
-
-        elapsed = fmt_duration(time.monotonic() - self.started)
-        if self.display is None:
-            log.info("snapshot progress", extra=fields(
-                snapshot_id=snapshot_id, state=state, progress=progress, elapsed=elapsed))
-            return
-        try:
-            fraction: float | None = float(progress.rstrip("%")) / 100
-        except ValueError:
-            fraction = None
-        self.display.show([f"{snapshot_id} {state:<9} {bar(fraction)} {progress:>4}  "
-                           f"elapsed {elapsed}"])
-
-    def close(self) -> None:
-        if self.display:
-            self.display.close()
-
-
-def _run_create(args: argparse.Namespace, images: list[str], containerd_version: str) -> int:
-    from nodeagent.snapshot import imds, workflow
-    from nodeagent.snapshot.volume import check_not_root_filesystem, check_volume_contents
-
-    check_not_root_filesystem(args.containerd_root, args.allow_root_filesystem)
-    check_volume_contents(args.containerd_root, args.kubelet_dir, args.allow_kubelet_state)
-    aws = _aws(args)
-    volume_id = _resolve_volume(args, aws)
-    meta = T.SnapshotMetadata(
-        hotlist_digest=T.hotlist_digest(images), images=tuple(images),
-        architecture=architecture(), containerd_version=containerd_version,
-        source_node=args.node_name, created_at=datetime.now(UTC),
-        source_instance=args.instance_id or imds.instance_id() or "",
+    zones = tuple(z.strip() for v in args.fast_restore_az for z in v.split(",") if z.strip())
+    return CreateOptions(
+        node_name=args.node_name, containerd_root=args.containerd_root,
+        volume_id=args.volume_id, instance_id=args.instance_id, name=args.name,
+        ssm_parameter=args.ssm_parameter, fsr_zones=zones, wait=not args.no_wait,
+        timeout_s=args.timeout, poll_s=args.poll_interval, freeze=not args.no_freeze,
+        max_freeze_s=args.max_freeze_seconds, kubelet_dir=args.kubelet_dir,
+        allow_kubelet_state=args.allow_kubelet_state,
+        allow_root_filesystem=args.allow_root_filesystem, aws=aws_options(args),
     )
-    req = workflow.CreateRequest(
-        volume_id=volume_id, metadata=meta,
-        freeze_path=None if args.no_freeze else args.containerd_root,
-        name=args.name, wait=not args.no_wait, timeout_s=args.timeout,
-        poll_s=args.poll_interval, max_freeze_s=args.max_freeze_seconds,
-        ssm_parameter=args.ssm_parameter, fsr_zones=_zones(args.fast_restore_az),
-    )
-    workflow.validate(req)
-    progress = WaitProgress(live=sys.stderr.isatty())
-    try:
-        result = workflow.create(aws, req, on_progress=progress)
-    finally:
-        progress.close()
-    _print_create(result, meta, args.output)
-    return 0
-
-
-def _print_create(result: CreateResult, meta: T.SnapshotMetadata, output: str) -> None:
-    if output == "json":
-        print(json.dumps({
-            "snapshotId": result.snapshot_id, "state": result.state,
-            "consistency": result.consistency,
-            "freezeSeconds": result.freeze_seconds, "waitSeconds": round(result.wait_seconds, 1),
-            "hotlistDigest": meta.hotlist_digest, "images": list(meta.images),
-            "fastRestoreZones": list(result.fsr_zones), "ssmParameter": result.ssm_parameter,
-            "duplicates": result.duplicates,
-        }, indent=2))
-        return
-    print(result.snapshot_id)
 
 
 # ---------------------------------------------------------------------- handlers
 
 
 def create_handler(args: argparse.Namespace) -> int:
-    version, records = asyncio.run(_containerd_facts(args.containerd_address))
-    images = hot_image_names(records)
+    from nodeagent.snapshot.create import containerd_facts
+
+    options = create_options(args)
+    version, images = asyncio.run(containerd_facts(args.containerd_address))
     if not images:
         log.warning("no image pinned by nodeagent in containerd: the snapshot will not "
                     "record any hot image (run `nodeagent prewarm` or `snapshot build`)")
-    return _run_create(args, images, version)
+    return _create(options, images, version, args.output)
 
 
 def build_handler(args: argparse.Namespace) -> int:
     from nodeagent.credentials.options import build_keyring
     from nodeagent.prewarm.desired import load_desired
+    from nodeagent.snapshot.build import prewarm_and_verify
 
-    options = prewarm_options(args)
+    options = create_options(args)
+    prewarm = prewarm_options(args)
     desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
     if not desired:
         raise UsageError("the hot list selects no image: nothing to build a snapshot of")
-    keyring = build_keyring(options.credentials)
-    version, images = asyncio.run(_prewarm_and_verify(args, options.engine, desired, keyring))
-    return _run_create(args, images, version)
+    keyring = build_keyring(prewarm.credentials)
+    version, images = asyncio.run(prewarm_and_verify(args.containerd_address, prewarm.engine,
+                                                     desired, keyring))
+    return _create(options, images, version, args.output)
 
 
-async def _prewarm_and_verify(args: argparse.Namespace, config: Any,
-                              desired: list[DesiredImage], keyring: Any) -> tuple[str, list[str]]:
-    from nodeagent.containerd.client import ContainerdClient
-    from nodeagent.prewarm.display import make_reporter
-    from nodeagent.prewarm.engine import PrewarmEngine
+def _create(options: CreateOptions, images: list[str], version: str, output: str) -> int:
+    from nodeagent.snapshot.create import create_snapshot
+    from nodeagent.snapshot.output import WaitProgress, print_create
 
-    reporter = make_reporter(sys.stderr)
+    progress = WaitProgress(live=sys.stderr.isatty())
     try:
-        async with ContainerdClient(args.containerd_address) as client:
-            summary = await PrewarmEngine(client, keyring, config, reporter).reconcile(desired)
-            reporter.close()
-            print(summary.text(), file=sys.stderr)
-            problems = await verify_present_and_pinned(client, desired)
-            if problems:
-                raise NodeagentError("not snapshotting: " + "; ".join(problems))
-            version = await client.version()
-            records = await client.list_image_records()
+        result, meta = create_snapshot(options, images, version, on_progress=progress)
     finally:
-        reporter.close()
-    return version.version, hot_image_names(records)
-
-
-async def verify_present_and_pinned(client: ContainerdClient,
-                                    desired: Sequence[DesiredImage]) -> list[str]:
-    """Problems with the desired images on disk (absent, or not pinned when pin: true)."""
-    from nodeagent.prewarm import plan
-
-    records = await client.list_image_records()
-    groups = plan.group_by_target(records)
-    problems = []
-    for image in desired:
-        target = plan.find_target(image.reference, records)
-        if target is None:
-            problems.append(f"{image.reference} is not in containerd")
-        elif image.pin and not plan.is_pinned(groups[target]):
-            problems.append(f"{image.reference} is present but not pinned")
-    return problems
+        progress.close()
+    print_create(result, meta, output)
+    return 0
 
 
 def list_handler(args: argparse.Namespace) -> int:
     from nodeagent.snapshot import workflow
+    from nodeagent.snapshot.ec2 import AwsClients
+    from nodeagent.snapshot.output import snapshot_json, snapshot_table
 
-    snapshots = workflow.list_ours(_aws(args))
+    snapshots = workflow.list_ours(AwsClients(aws_options(args)))
     if args.output == "json":
         print(json.dumps([snapshot_json(s) for s in snapshots], indent=2))
     else:
@@ -418,165 +283,39 @@ def list_handler(args: argparse.Namespace) -> int:
 
 def prune_handler(args: argparse.Namespace) -> int:
     from nodeagent.snapshot import workflow
+    from nodeagent.snapshot.ec2 import AwsClients
+    from nodeagent.snapshot.output import print_prune
 
-    result = workflow.prune(_aws(args), args.keep, args.ssm_parameter, execute=args.yes)
-    if args.output == "json":
-        print(json.dumps({
-            "dryRun": result.dry_run, "deleted": result.deleted, "failed": result.failed,
-            "decisions": [{"snapshotId": d.snapshot.snapshot_id,
-                           "action": "delete" if d.delete else "keep", "reason": d.reason}
-                          for d in result.decisions],
-        }, indent=2))
-    else:
-        print(prune_table(result.decisions))
-        to_delete = sum(1 for d in result.decisions if d.delete)
-        if result.dry_run:
-            print(f"dry run: nothing deleted; {to_delete} snapshot(s) would be deleted "
-                  "(re-run with --yes)")
-        else:
-            print(f"deleted {len(result.deleted)} snapshot(s)"
-                  + (f", {len(result.failed)} could not be deleted" if result.failed else ""))
+    result = workflow.prune(AwsClients(aws_options(args)), args.keep, args.ssm_parameter,
+                            execute=args.yes)
+    print_prune(result, args.output)
     return 1 if result.failed else 0
 
 
-# ---------------------------------------------------------------------- output
+def hydrate_handler(args: argparse.Namespace) -> int:
+    from nodeagent.snapshot.hydrate import (
+        HydrateOptions,
+        device_of_root,
+        images_to_hydrate,
+        run_hydrate,
+    )
+    from nodeagent.snapshot.output import print_hydrate
 
-
-def snapshot_json(s: SnapshotInfo) -> dict[str, Any]:
-    images, complete = T.images_from_tags(s.tags)
-    return {
-        "snapshotId": s.snapshot_id, "state": s.state, "progress": s.progress,
-        "startTime": s.start_time.isoformat(), "volumeId": s.volume_id,
-        "volumeSizeGiB": s.volume_size_gib, "hotlistDigest": s.hotlist_digest,
-        "images": list(images), "imagesComplete": complete,
-        "architecture": s.tags.get(T.ARCHITECTURE), "consistency": s.tags.get(T.CONSISTENCY),
-        "containerdVersion": s.tags.get(T.CONTAINERD_VERSION),
-        "sourceNode": s.tags.get(T.SOURCE_NODE),
-    }
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
-
-
-def _short_digest(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
-
-
-def snapshot_table(snapshots: Sequence[SnapshotInfo]) -> str:
-    rows = [("SNAPSHOT", "STATE", "STARTED", "SIZE", "IMAGES", "HOTLIST", "ARCH", "NODE")]
-    for s in snapshots:
-        images, complete = T.images_from_tags(s.tags)
-        state = s.state if s.state != "pending" else f"pending {s.progress}"
-        rows.append((s.snapshot_id, state, s.start_time.strftime("%Y-%m-%d %H:%M"),
-                     fmt_bytes(s.volume_size_gib * 2**30),
-                     str(len(images)) + ("" if complete else "+"),
-                     _short_digest(s.hotlist_digest), s.tags.get(T.ARCHITECTURE, "-"),
-                     s.tags.get(T.SOURCE_NODE, "-")))
-    return _table(rows)
-
-
-def prune_table(decisions: Sequence[PruneDecision]) -> str:
-    rows = [("ACTION", "SNAPSHOT", "STATE", "STARTED", "HOTLIST", "REASON")]
-    for d in decisions:
-        s = d.snapshot
-        rows.append(("delete" if d.delete else "keep", s.snapshot_id, s.state,
-                     s.start_time.strftime("%Y-%m-%d %H:%M"), _short_digest(s.hotlist_digest),
-                     d.reason))
-    return _table(rows)
-
-
-# ---------------------------------------------------------------------- hydrate
-
-def hydrate_images(args: argparse.Namespace) -> list[Any] | None:
-    """Images from --image then -f (priorities kept above every -f one), or None: pinned."""
-    from nodeagent.snapshot.hydrate import HydrateImage
-
-    images: list[HydrateImage] = []
+    rate = parse_rate(args.rate)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
     desired: list[DesiredImage] = []
     if args.files:
         from nodeagent.prewarm.desired import load_desired
 
         desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
-    top = max((d.priority for d in desired), default=0)
-    count = len(args.images)
-    images += [HydrateImage(ref, top + count - i) for i, ref in enumerate(args.images)]
-    images += [HydrateImage(str(d.reference), d.priority) for d in desired]
-    return images or None
-
-
-async def _pinned_images(client: ContainerdClient) -> list[Any]:
-    from nodeagent.prewarm import plan
-    from nodeagent.snapshot.hydrate import HydrateImage
-
-    records = await client.list_image_records()
-    images = []
-    for target, recs in sorted(plan.group_by_target(records).items(),
-                               key=lambda kv: plan.display_name(kv[1])):
-        if any(r.labels.get(plan.PINNED_LABEL) == plan.MARKER_VALUE for r in recs):
-            images.append(HydrateImage(plan.display_name(recs), 0, target))
-    return images
-
-
-def hydrate_handler(args: argparse.Namespace) -> int:
-    from nodeagent.snapshot.hydrate import HydrateOptions
-    from nodeagent.snapshot.volume import mounted_device
-
-    rate = parse_rate(args.rate)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
-    images = hydrate_images(args)
+    images = images_to_hydrate(args.images, desired)
     device = args.full_device
     if device == "auto":
-        device = mounted_device(args.host_root + args.containerd_root
-                                if args.host_root else args.containerd_root)
+        device = device_of_root(args.containerd_root, args.host_root)
     options = HydrateOptions(containerd_root=args.containerd_root, host_root=args.host_root,
                              workers=args.workers, rate_bps=rate, full_device=device)
     live = {"auto": sys.stderr.isatty(), "live": True, "log": False}[args.progress]
-    report = asyncio.run(_hydrate(args.containerd_address, images, options, live))
-    _print_hydrate(report, args.output)
+    report = asyncio.run(run_hydrate(args.containerd_address, images, options, live))
+    print_hydrate(report, args.output)
     return 1 if report.problems or report.hot.errors else 0
-
-
-async def _hydrate(address: str, images: list[Any] | None, options: Any, live: bool) -> Any:
-    from nodeagent.containerd.client import ContainerdClient
-    from nodeagent.snapshot.hydrate import hydrate
-    from nodeagent.snapshot.hydrate_progress import make_progress
-
-    progress = make_progress(live)
-    try:
-        async with ContainerdClient(address) as client:
-            if images is None:
-                images = await _pinned_images(client)
-                if not images:
-                    log.warning("no image pinned by nodeagent: only containerd's metadata "
-                                "is read (pass --image or -f)")
-            return await hydrate(client, images, options, progress)
-    finally:
-        progress.close()
-
-
-def _print_hydrate(report: Any, output: str) -> None:
-    def phase(stats: Any) -> dict[str, Any]:
-        rate = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
-        return {"files": stats.files, "bytes": stats.bytes, "seconds": round(stats.seconds, 3),
-                "bytesPerSecond": round(rate), "errors": stats.errors}
-
-    if output == "json":
-        print(json.dumps({
-            "images": report.images, "hot": phase(report.hot),
-            "perImage": {k: v for k, v in report.hot.per_owner.items() if k != "containerd"},
-            "device": phase(report.device) if report.device else None,
-            "problems": report.problems,
-        }, indent=2))
-        return
-    for name, stats in (("hot images", report.hot), ("device", report.device)):
-        if stats is None:
-            continue
-        rate = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
-        print(f"hydrated {name}: {stats.files} file(s), {fmt_bytes(stats.bytes)} in "
-              f"{stats.seconds:.1f}s ({rate / 2**20:.1f} MiB/s)")
-    for problem in report.problems + report.hot.errors:
-        print(f"  problem: {problem}")

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 
 from nodeagent import __version__
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.snapshot import imds
 from nodeagent.snapshot import tags as T
 from nodeagent.snapshot.retention import SnapshotInfo
@@ -69,6 +69,10 @@ class AwsOptions:
     retry_mode: str = "adaptive"
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts must be at least 1 (got {self.max_attempts})")
 
 
 # ---------------------------------------------------------------------------- errors

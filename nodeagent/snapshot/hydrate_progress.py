@@ -11,7 +11,7 @@ import time
 
 from nodeagent.console import LiveDisplay, bar, fmt_bytes, fmt_duration, fmt_rate
 from nodeagent.log import fields
-from nodeagent.snapshot.hydrate import HydrateProgress, ReadItem, ReadStats
+from nodeagent.snapshot.hydrate_read import HydrateProgress, ReadItem, ReadStats
 
 log = logging.getLogger("nodeagent.snapshot.hydrate")
 
