@@ -3,7 +3,8 @@
 discover.py  facts from the host (nodeagent/hostfacts: sysfs through pyudev or direct
              reads, /proc/<pid>/mountinfo) and device superblocks (signatures.py)
 model.py     those facts as plain data
-plan.py      pure decisions: which disks, which volume, which steps (steps.py), and why
+plan.py      pure decisions: which disks (candidates.py), which volumes (volumes.py),
+             which steps (steps.py), and why; the plan itself is decisions.py
 apply.py     the effects, each step idempotent; migrate.py copies and checks directories
 units.py     systemd mount unit text; services.py systemctl (through nsenter from a pod)
 host.py      the host seen from here (directly, or from a container via /proc/1)

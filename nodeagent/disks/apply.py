@@ -18,10 +18,11 @@ from pathlib import Path
 
 from nodeagent.disks import migrate, services, signatures
 from nodeagent.disks import steps as st
+from nodeagent.disks.decisions import Plan, Volume
 from nodeagent.disks.discover import gather
 from nodeagent.disks.host import Host
 from nodeagent.disks.options import Options
-from nodeagent.disks.plan import Plan, Volume, desired_units, make_plan
+from nodeagent.disks.plan import desired_units, make_plan
 from nodeagent.errors import NodeagentError
 from nodeagent.hostfacts import sysfs
 from nodeagent.hostfacts.mountinfo import read_mountinfo

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from nodeagent.disks.decisions import Plan
 from nodeagent.disks.model import Facts
-from nodeagent.disks.plan import Plan
 
 
 def plan_dict(plan: Plan, facts: Facts) -> dict[str, object]:
