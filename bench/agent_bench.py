@@ -41,9 +41,10 @@ from kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the
 
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA  # noqa: E402
 from nodeagent.sandbox.containerd import PrivateContainerd  # noqa: E402
-from nodeagent.sandbox.images import LayerSpec, build_image  # noqa: E402
+from nodeagent.sandbox.images import build_image  # noqa: E402
+from nodeagent.sandbox.layers import LayerSpec  # noqa: E402
+from nodeagent.sandbox.local_registry import LocalRegistry  # noqa: E402
 from nodeagent.sandbox.push import push_images  # noqa: E402
-from nodeagent.sandbox.registry import LocalRegistry  # noqa: E402
 
 MiB = 1 << 20
 GROUP = "nodeagent.io"

@@ -46,8 +46,8 @@ from pathlib import Path
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.images import sample_image_set
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.push import push_images
-from nodeagent.sandbox.registry import LocalRegistry
 
 MiB = 1 << 20
 

@@ -39,9 +39,10 @@ from pathlib import Path
 import psutil
 
 from nodeagent.sandbox.containerd import PrivateContainerd
-from nodeagent.sandbox.images import Layer, sample_image_set
+from nodeagent.sandbox.images import sample_image_set
+from nodeagent.sandbox.layers import Layer
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.push import push_images
-from nodeagent.sandbox.registry import LocalRegistry
 
 MiB = 1 << 20
 

@@ -32,13 +32,13 @@ from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.images import (
     BuiltImage,
     BuiltIndex,
-    LayerSpec,
     build_image,
     build_index,
     sample_image_set,
 )
+from nodeagent.sandbox.layers import LayerSpec
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.push import push_images
-from nodeagent.sandbox.registry import LocalRegistry
 
 AUTH_USER = "tester"
 AUTH_PASSWORD = "s3cret-Pa55word"  # test-only; also used to check it never leaks into logs

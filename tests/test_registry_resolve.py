@@ -25,8 +25,8 @@ from nodeagent.registry.resolve import (
     registry_endpoints,
     resolve_manifest,
 )
+from nodeagent.sandbox.local_registry import free_port
 from nodeagent.sandbox.push import push_images
-from nodeagent.sandbox.registry import free_port
 
 pytestmark = pytest.mark.containerd
 
@@ -332,7 +332,8 @@ class TokenService:
 @pytest.fixture
 def token_registry(tmp_path, image_cache):
     """docker-registry with `auth: token`, plus its token service, and one pushed image."""
-    from nodeagent.sandbox.images import LayerSpec, build_image
+    from nodeagent.sandbox.images import build_image
+    from nodeagent.sandbox.layers import LayerSpec
 
     with TokenService(tmp_path) as tokens:
         port = free_port()

@@ -16,14 +16,14 @@ from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.images import (
     DOCKER_MANIFEST,
     OCI_INDEX,
-    LayerSpec,
     build_image,
     build_index,
     sample_image_set,
 )
+from nodeagent.sandbox.layers import LayerSpec
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.process import SandboxError
 from nodeagent.sandbox.push import RegistryAuthError, push_image
-from nodeagent.sandbox.registry import LocalRegistry
 
 KiB = 1024
 
@@ -267,7 +267,7 @@ def test_registry_first_start_picks_another_port_if_taken(
 ) -> None:
     import socket
 
-    from nodeagent.sandbox import registry as registry_module
+    from nodeagent.sandbox import local_registry as registry_module
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -7,15 +7,14 @@ from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.images import (
     BuiltImage,
     BuiltIndex,
-    Layer,
-    LayerSpec,
     build_image,
     build_index,
-    push_image,
     sample_image_set,
 )
+from nodeagent.sandbox.layers import Layer, LayerSpec
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.process import SandboxError
-from nodeagent.sandbox.registry import LocalRegistry
+from nodeagent.sandbox.push import push_image
 
 __all__ = [
     "BuiltImage",

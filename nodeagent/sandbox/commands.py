@@ -27,7 +27,7 @@ from nodeagent.log import fields
 if TYPE_CHECKING:
     from nodeagent.sandbox.containerd import PrivateContainerd
     from nodeagent.sandbox.images import BuiltImage, BuiltIndex
-    from nodeagent.sandbox.registry import LocalRegistry
+    from nodeagent.sandbox.local_registry import LocalRegistry
 
 log = logging.getLogger("nodeagent.demo")
 
@@ -144,7 +144,7 @@ def stop_kept_demo(workdir: Path) -> int:
 
 def run_demo(workdir: Path, args: argparse.Namespace) -> int:
     from nodeagent.sandbox.containerd import PrivateContainerd
-    from nodeagent.sandbox.registry import LocalRegistry
+    from nodeagent.sandbox.local_registry import LocalRegistry
 
     # --keep: the daemons must survive this process, so no parent-death signal.
     registry = LocalRegistry(workdir / "registry", detach=args.keep)
@@ -179,7 +179,8 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
 def build_and_push(
     registry: LocalRegistry, workdir: Path, preset: str, bench_bytes: int
 ) -> list[BuiltImage | BuiltIndex]:
-    from nodeagent.sandbox.images import default_cache_dir, sample_image_set
+    from nodeagent.sandbox.images import sample_image_set
+    from nodeagent.sandbox.layers import default_cache_dir
     from nodeagent.sandbox.push import push_images
 
     cache = default_cache_dir() if preset == "bench" else workdir / "layer-cache"
