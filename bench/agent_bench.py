@@ -1,7 +1,7 @@
 """Agent benchmark: idle footprint with 50 hot images, and HotImageSet change -> PullImage.
 
 Runs the real ``nodeagent agent`` process against a real private containerd and a real
-local registry; the Kubernetes API is tests/kubeapi.py, a TEST DOUBLE of the API server
+local registry; the Kubernetes API is tests/support/kubeapi.py, a TEST DOUBLE of the API server
 speaking the real list/watch protocol (no Kubernetes API server can be installed here).
 
 1. pushes 50 small images (own layers) to the registry, creates the Node and one
@@ -37,7 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the tests)
+from support.kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the tests)
 
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA  # noqa: E402
 from nodeagent.sandbox.containerd import PrivateContainerd  # noqa: E402

@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    from disks_vm import shared_base  # the VM shares only some host paths
+    from support.disks_vm import shared_base  # the VM shares only some host paths
 
     work_base = shared_base() / "bench"
     work_base.mkdir(parents=True, exist_ok=True)

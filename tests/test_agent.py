@@ -1,4 +1,4 @@
-"""The DaemonSet agent end to end: a real containerd, a real registry, and tests/kubeapi.py,
+"""The DaemonSet agent end to end: a real containerd, a real registry, and tests/support/kubeapi.py,
 a TEST DOUBLE of the Kubernetes API server (no real API server can be installed here)
 that speaks the real HTTP list/watch protocol.
 """
@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from agent_helpers import (
+from support.agent_helpers import (
     GROUP,
     add_node,
     agent_config,
@@ -29,8 +29,8 @@ from agent_helpers import (
     present_digests,
     running_agent,
 )
-from kubeapi import KubeApiDouble
-from prewarm_helpers import PausableProxy
+from support.kubeapi import KubeApiDouble
+from support.prewarm_helpers import PausableProxy
 
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA
 from nodeagent.containerd.client import ContainerdClient

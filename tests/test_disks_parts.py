@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from disks_fakes import INSTANCE_STORE, FakeNode, md_superblock
+from support.disks_fakes import INSTANCE_STORE, FakeNode, md_superblock
 
 from nodeagent.cli import main
 from nodeagent.disks import migrate, signatures

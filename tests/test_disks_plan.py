@@ -8,7 +8,7 @@ which disks are used, why the others are not, the steps, and the refusals.
 from __future__ import annotations
 
 import pytest
-from disks_fakes import EBS, FakeNode
+from support.disks_fakes import EBS, FakeNode
 
 from nodeagent.disks import steps as st
 from nodeagent.disks.discover import gather

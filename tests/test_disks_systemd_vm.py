@@ -4,7 +4,7 @@ A debootstrap'ed Debian bookworm image (tests/disks_image.py: systemd, udev, mda
 xfsprogs, python3 and `containerd` installed from Debian, not a stand-in) boots under
 QEMU/TCG with 4 emulated NVMe disks. nodeagent is installed as the disks-only zipapp at
 /usr/local/bin/nodeagent with systemd/nodeagent-disks.service; a test unit
-(tests/disks_systemd_guest.py) acts and records each boot:
+(tests/support/disks_systemd_guest.py) acts and records each boot:
 
 1. first boot: containerd runs on the root volume with a pre-loaded image; `nodeagent
    disks setup` run from another mount namespace (as from the DaemonSet's container,
@@ -25,8 +25,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from disks_image import base_image, debugfs, kernel_files, put_file, read_file, writable_copy
-from disks_vm import GIB, REPO, Disk, blank_disk, build_zipapp
+from support.disks_image import (
+    base_image,
+    debugfs,
+    kernel_files,
+    put_file,
+    read_file,
+    writable_copy,
+)
+from support.disks_vm import GIB, REPO, Disk, blank_disk, build_zipapp
 
 pytestmark = pytest.mark.vm
 
@@ -71,7 +78,7 @@ def install(root: Path, tmp_path: Path) -> None:
     put_file(root, files / "defaults", "/etc/default/nodeagent-disks")
     put_file(root, files / "dropin.conf", f"{units}/containerd.service.d/10-nodeagent-test.conf")
     put_file(root, files / "test.service", f"{units}/nodeagent-test.service")
-    put_file(root, Path(__file__).with_name("disks_systemd_guest.py"),
+    put_file(root, Path(__file__).parent / "support" / "disks_systemd_guest.py",
              "/opt/nodeagent-test/guest.py")
 
 

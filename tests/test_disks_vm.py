@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from disks_vm import GIB, Disk, blank_disk, run_vm, workdir
+from support.disks_vm import GIB, Disk, blank_disk, run_vm, workdir
 
 pytestmark = pytest.mark.vm
 

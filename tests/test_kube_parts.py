@@ -1,6 +1,6 @@
 """Node condition, startup taint, Events, pull secrets and the Lease semaphore.
 
-Pure decisions are tested directly; effects run against tests/kubeapi.py, a TEST DOUBLE
+Pure decisions are tested directly; effects run against tests/support/kubeapi.py, a TEST DOUBLE
 of the Kubernetes API server (no real API server can be installed here) that speaks the
 real HTTP protocol (patch types, 409/422, Leases with resourceVersion).
 """
@@ -12,7 +12,7 @@ import base64
 import json
 
 import pytest
-from kubeapi import KubeApiDouble
+from support.kubeapi import KubeApiDouble
 
 from nodeagent.agent.condition import CONDITION_TYPE
 from nodeagent.api.hotimageset import SecretRef

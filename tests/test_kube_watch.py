@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from kubeapi import KubeApiDouble, validate_openapi
+from support.kubeapi import KubeApiDouble, validate_openapi
 
 from nodeagent.api.group import HOTIMAGESET
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA

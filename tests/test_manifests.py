@@ -1,7 +1,7 @@
 """The DaemonSet manifests in daemonset/: they parse, carry what the agent needs, the CRD
 is the hot list's own schema, and RBAC grants exactly the API calls the agent makes.
 
-RBAC is checked against the calls recorded by tests/kubeapi.py, a TEST DOUBLE of the
+RBAC is checked against the calls recorded by tests/support/kubeapi.py, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here), while a real agent
 runs every code path that talks to the API (watches, status, taint, Events, Leases,
 pull secrets) with a real containerd and registry.
@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from agent_helpers import GROUP, add_node, agent_config, events, eventually, hot_set, running_agent
-from kubeapi import KubeApiDouble, RbacRule, Request, rbac_allows, validate_openapi
+from support.agent_helpers import (
+    GROUP,
+    add_node,
+    agent_config,
+    events,
+    eventually,
+    hot_set,
+    running_agent,
+)
+from support.kubeapi import KubeApiDouble, RbacRule, Request, rbac_allows, validate_openapi
 
 from nodeagent.agent.commands import agent_config as cli_agent_config
 from nodeagent.api.crd import crd_manifest

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prewarm_helpers import hotlist_yaml
+from support.prewarm_helpers import hotlist_yaml
 
 from nodeagent.api.hotimageset import load_hotimageset_file
 from nodeagent.errors import UsageError

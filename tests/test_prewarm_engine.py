@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from prewarm_helpers import PausableProxy, desired
+from support.prewarm_helpers import PausableProxy, desired
 
 from nodeagent import metrics
 from nodeagent.containerd.client import ContainerdClient

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prewarm_helpers import desired
+from support.prewarm_helpers import desired
 
 from nodeagent.containerd.model import ImageRecord
 from nodeagent.prewarm import plan

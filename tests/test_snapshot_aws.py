@@ -21,8 +21,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from aws_servers import REGION, AwsProxy, MotoServer, Recorded
-from loopfs import LoopMount, loop_xfs
+from support.aws_servers import REGION, AwsProxy, MotoServer, Recorded
+from support.loopfs import LoopMount, loop_xfs
 
 from nodeagent.cli import main
 from nodeagent.sandbox.containerd import PrivateContainerd
@@ -579,7 +579,7 @@ def test_cli_build_prewarms_verifies_and_snapshots(node: PrivateContainerd, prox
                                                    direct: dict, volume_id: str,
                                                    sample_images, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from prewarm_helpers import hotlist_yaml
+    from support.prewarm_helpers import hotlist_yaml
 
     refs = [sample_images["python"].ref, sample_images["tools"].ref]
     hot = tmp_path / "hot.yaml"
@@ -597,7 +597,7 @@ def test_cli_build_prewarms_verifies_and_snapshots(node: PrivateContainerd, prox
 def test_cli_build_does_not_snapshot_when_an_image_is_missing(
         node: PrivateContainerd, proxy: AwsProxy, registry, sample_images, volume_id: str,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from prewarm_helpers import hotlist_yaml
+    from support.prewarm_helpers import hotlist_yaml
 
     absent = f"{registry.host}/nodeagent-test/absent:1"
     hot = tmp_path / "hot.yaml"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopfs import LoopMount, loop_xfs, thaw_quietly
+from support.loopfs import LoopMount, loop_xfs, thaw_quietly
 
 from nodeagent.snapshot.freeze import FIFREEZE, FreezeError, frozen
 

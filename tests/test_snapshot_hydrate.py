@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopfs import loop_xfs
+from support.loopfs import loop_xfs
 
 from nodeagent import metrics
 from nodeagent.cli import main
@@ -323,7 +323,7 @@ async def test_stop_interrupts_and_once_per_boot(containerd: PrivateContainerd,
 async def test_cli_hot_list_and_images(containerd: PrivateContainerd, sample_images,
                                        tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from prewarm_helpers import hotlist_yaml
+    from support.prewarm_helpers import hotlist_yaml
 
     python, tools, trainer = (sample_images[n] for n in ("python", "tools", "trainer"))
     await pull(containerd.address, [python.ref, tools.ref, trainer.ref])
@@ -347,7 +347,7 @@ async def test_agent_boot_hydration(containerd: PrivateContainerd, sample_images
     paths resolve through it and the once-per-boot marker lands in its /run."""
     import asyncio
 
-    from prewarm_helpers import desired
+    from support.prewarm_helpers import desired
 
     from nodeagent.agent.hydration import boot_hydration
 

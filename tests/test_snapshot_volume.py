@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from loopfs import loop_xfs
+from support.loopfs import loop_xfs
 
 from nodeagent.hostfacts.mountinfo import find_mount, parse_mountinfo
 from nodeagent.hostfacts.nvme import EBS_MODEL, INSTANCE_STORE_MODEL

@@ -1,5 +1,5 @@
 """Helpers for the agent tests: an in-process agent against the Kubernetes API TEST DOUBLE
-(tests/kubeapi.py; no real API server can be installed here) and a real containerd."""
+(tests/support/kubeapi.py; no real API server can be installed here) and a real containerd."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from kubeapi import KubeApiDouble
 
 from nodeagent.agent.condition import CONDITION_TYPE
 from nodeagent.agent.config import AgentConfig, DisksSetup
@@ -24,6 +22,7 @@ from nodeagent.kube.client import load_config, make_client
 from nodeagent.kube.watch import Backoff, WatchTiming
 from nodeagent.prewarm import plan
 from nodeagent.prewarm.config import EngineConfig, PrewarmOptions
+from support.kubeapi import KubeApiDouble
 
 GROUP = "nodeagent.io"
 FAST_ENGINE = dict(poll_interval_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0,

@@ -1,4 +1,4 @@
-"""Runs INSIDE the test VM (tests/disks_vm.py): drives `nodeagent disks` against real
+"""Runs INSIDE the test VM (tests/support/disks_vm.py): drives `nodeagent disks` against real
 emulated NVMe disks, real mdadm/mkfs/mount, and records what it observes as JSON.
 
     python disks_vm_driver.py SCENARIO WORKDIR      (args in WORKDIR/SCENARIO.args.json)
@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QEMU_MODEL = "QEMU NVMe Ctrl"
 EBS = "/run/ebs"  # the "root volume" of the main scenario: an ext4 NVMe disk, mounted
 
