@@ -1,9 +1,10 @@
-"""The `nodeagent` command line.
+"""The `nodeagent` command line: the edge, with each concern's ``commands`` module.
 
 Each concern registers its own subcommands (``register(subparsers)`` in its
-``commands`` module). Those modules import only the standard library at import time
-and load heavy dependencies (grpc, lightkube, boto3) inside the handlers, so
-``nodeagent disks`` runs on a host that has none of them.
+``commands`` module) and turns its flags into one typed options object; nothing below
+the edge imports this module or a ``commands`` module. Those modules import only light
+modules at import time and load heavy dependencies (grpc, lightkube, boto3) inside the
+handlers, so ``nodeagent disks`` runs on a host that has none of them.
 """
 
 from __future__ import annotations

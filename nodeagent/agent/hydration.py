@@ -21,7 +21,7 @@ from nodeagent.snapshot.hydrate import (
     device_of_root,
     hydrate_once_per_boot,
 )
-from nodeagent.snapshot.hydrate_plan import HydrateImage
+from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT, HydrateImage
 from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ HOST_ROOT_ENV = "NODEAGENT_HOST_ROOT"  # where the host's / is visible (/proc/1/
 
 
 async def boot_hydration(client: ContainerdClient, desired: Sequence[DesiredImage],
-                         stop: asyncio.Event, containerd_root: str = "/var/lib/containerd",
+                         stop: asyncio.Event, containerd_root: str = CONTAINERD_ROOT,
                          env: Mapping[str, str] | None = None) -> HydrateReport | None:
     """Hydrate this node's hot images once per boot, configured from the environment;
     never raises, stops when the asyncio ``stop`` event is set."""

@@ -1,5 +1,6 @@
 """The engine's effects on containerd's image records: the pins, unpins and removals a
-plan decided, one CRI pull watched for stalls, and the labels a pulled image gets.
+plan decided, one CRI pull watched for stalls, and the labels a pulled image gets; and
+the watch on image deletions that wakes the engine (self-heal).
 
 Which labels mean what is plan.py's; these functions only write them.
 """
@@ -98,3 +99,24 @@ async def label_pulled(client: ContainerdClient, image: DesiredImage, image_id: 
             labels.update(plan.PIN_LABELS)
         await client.update_image_labels(rec.name, labels)
     return target
+
+
+async def watch_image_deletions(client: ContainerdClient, wake: asyncio.Event,
+                                stop: asyncio.Event, backoff_initial_s: float,
+                                backoff_max_s: float) -> None:
+    """Set ``wake`` when containerd deletes an image; resubscribe after restarts."""
+    delay = backoff_initial_s
+    while not stop.is_set():
+        try:
+            async for event in client.subscribe_image_events():
+                delay = backoff_initial_s
+                if event.topic == "/images/delete":
+                    log.debug("image deleted", extra=fields(record=event.name))
+                    wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # stream broken (containerd restart): resubscribe
+            log.debug("event stream ended: %s", exc)
+        wake.set()  # events may have been missed meanwhile
+        await asyncio.sleep(delay)
+        delay = min(backoff_max_s, delay * 2)

@@ -3,8 +3,9 @@
 Orchestration only. Decisions live in ``plan`` (what to pull/pin/unpin/remove, which
 waiting pull goes next) and ``diskguard`` (may this pull fill the disk?); the engine's
 collaborators do the rest: ``prepare`` (credentials, manifest layers), ``slots`` (at most
-``concurrency`` pulls), ``apply`` (labels, removals, one watched CRI pull), ``progress``
-(bytes done) and ``reporting`` (the ticker that publishes to the ProgressReporter port).
+``concurrency`` pulls), ``apply`` (labels, removals, one watched CRI pull, the watch on
+image deletions), ``progress`` (bytes done) and ``reporting`` (the ticker that publishes
+to the ProgressReporter port).
 
 API (used by ``nodeagent prewarm``, ``snapshot build`` and the DaemonSet agent)::
 
@@ -152,7 +153,10 @@ class PrewarmEngine:
         image deleted behind our back is pulled again), and every resync_interval_s.
         Survives containerd restarts. Pulls in flight are cancelled when stop is set.
         """
-        events = asyncio.create_task(self._watch_events(stop), name="prewarm-events")
+        events = asyncio.create_task(
+            apply.watch_image_deletions(self.client, self._wake, stop,
+                                        self.config.backoff_initial_s, self.config.backoff_max_s),
+            name="prewarm-events")
         try:
             async with self.ticker.running():
                 retry_s = self.config.backoff_initial_s
@@ -361,25 +365,7 @@ class PrewarmEngine:
             image=state.image, attempt=state.attempts, reason=reason, error=message))
         return reason
 
-    # ------------------------------------------------------------------ watch mode
-
-    async def _watch_events(self, stop: asyncio.Event) -> None:
-        """Wake a reconcile when containerd deletes an image; resubscribe after restarts."""
-        delay = self.config.backoff_initial_s
-        while not stop.is_set():
-            try:
-                async for event in self.client.subscribe_image_events():
-                    delay = self.config.backoff_initial_s
-                    if event.topic == "/images/delete":
-                        log.debug("image deleted", extra=fields(record=event.name))
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # stream broken (containerd restart): resubscribe
-                log.debug("event stream ended: %s", exc)
-            self._wake.set()  # events may have been missed meanwhile
-            await asyncio.sleep(delay)
-            delay = min(self.config.backoff_max_s, delay * 2)
+    # ------------------------------------------------------------------ timers, state changes
 
     def _next_wake(self) -> float:
         """Seconds until the next scheduled reconcile (resync or a given-up image's retry)."""

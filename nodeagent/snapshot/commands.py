@@ -23,6 +23,7 @@ from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments
 from nodeagent.errors import UsageError
 from nodeagent.prewarm.commands import add_engine_arguments, hotlist_files, prewarm_options
+from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT
 from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodeagent.snapshot")
 
-DEFAULT_ROOT = "/var/lib/containerd"
+DEFAULT_ROOT = CONTAINERD_ROOT
 DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
 DEFAULT_KEEP = 3
 

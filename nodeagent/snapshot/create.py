@@ -20,6 +20,7 @@ from nodeagent.errors import UsageError
 from nodeagent.snapshot import imds, workflow
 from nodeagent.snapshot import tags as T
 from nodeagent.snapshot.ec2 import AwsClients, AwsOptions, find_attached_volume
+from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT
 from nodeagent.snapshot.volume import (
     check_not_root_filesystem,
     check_volume_contents,
@@ -34,7 +35,7 @@ class CreateOptions:
     """What `snapshot create` (and `snapshot build`) was told about the snapshot."""
 
     node_name: str  # recorded in the tags
-    containerd_root: str = "/var/lib/containerd"
+    containerd_root: str = CONTAINERD_ROOT
     volume_id: str | None = None  # None: the volume holding containerd_root
     instance_id: str | None = None  # None: instance metadata
     name: str = ""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from nodeagent.log import fields
 from nodeagent.snapshot.hydrate_plan import (
+    CONTAINERD_ROOT,
     METADATA_FILES,
     HydrateImage,
     Layout,
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HydrateOptions:
-    containerd_root: str = "/var/lib/containerd"
+    containerd_root: str = CONTAINERD_ROOT
     host_root: str = ""  # where the host's / is mounted (agent in a container: "/host")
     workers: int = 4
     rate_bps: float | None = None  # shared by both phases; None: unlimited

@@ -24,6 +24,7 @@ from nodeagent.snapshot.hydrate_read import HydrateError, ReadItem
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient
 
+CONTAINERD_ROOT = "/var/lib/containerd"  # containerd's default root (config.toml "root")
 CONTENT_DIR = "io.containerd.content.v1.content/blobs/sha256"
 METADATA_FILES = (
     "io.containerd.metadata.v1.bolt/meta.db",
