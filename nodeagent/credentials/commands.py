@@ -25,10 +25,10 @@ def add_credential_arguments(p: argparse.ArgumentParser, *,
     p.add_argument("--docker-config", action="append", type=Path, default=[], metavar="FILE",
                    help="registry credentials: docker config.json / .dockerconfigjson "
                         "(repeatable)")
-    where = (f"used when present (default {provider_config})" if provider_config
-             else f"e.g. {EKS_PROVIDER_CONFIG}")
+    where = (f", used when present (default {provider_config})" if provider_config
+             else f" (e.g. {EKS_PROVIDER_CONFIG})")
     p.add_argument("--credential-provider-config", type=Path, default=provider_config,
-                   metavar="FILE", help=f"kubelet CredentialProviderConfig ({where})")
+                   metavar="FILE", help=f"kubelet CredentialProviderConfig{where}")
     p.add_argument("--credential-provider-bin-dir", type=Path, default=provider_bin_dir,
                    metavar="DIR", help="directory of the credential provider plugins "
                                        "(default: the config's directory)")
