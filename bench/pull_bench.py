@@ -39,9 +39,10 @@ from pathlib import Path
 import psutil
 
 from nodeagent.sandbox.containerd import PrivateContainerd
-from nodeagent.sandbox.images import LayerSpec, build_image, sample_image_set
+from nodeagent.sandbox.images import build_image, sample_image_set
+from nodeagent.sandbox.layers import LayerSpec
+from nodeagent.sandbox.local_registry import LocalRegistry
 from nodeagent.sandbox.push import push_images
-from nodeagent.sandbox.registry import LocalRegistry
 
 MiB = 1 << 20
 LARGE_LAYERS = (("bench/large-base", 100), ("bench/large-libs", 250),

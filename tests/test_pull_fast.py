@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pull_compare import describe_tree, layer_dirs, tree_differences
-from pull_features import base_entries, feature_layers, upper_entries
+from support.pull_compare import describe_tree, layer_dirs, tree_differences
+from support.pull_features import base_entries, feature_layers, upper_entries
 
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.containerd.store import ContainerdStore

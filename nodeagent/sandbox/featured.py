@@ -36,8 +36,8 @@ from nodeagent.sandbox.images import (
     OCI_MANIFEST,
     BuiltImage,
     BuiltIndex,
-    Layer,
 )
+from nodeagent.sandbox.layers import Layer
 from nodeagent.sandbox.process import SandboxError
 
 MTIME = 1_600_000_000

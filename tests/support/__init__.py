@@ -9,4 +9,6 @@ disks_fakes.py          a fake node for the disk code (sysfs tree, /dev, /proc)
 disks_vm.py             QEMU VMs with emulated NVMe disks; disks_vm_driver.py runs in them
 disks_image.py          a bootable disk image for the systemd VM test;
                         disks_systemd_guest.py runs in that guest
+pull_features.py        layers with every tar feature, for the fast pull's equivalence tests
+pull_compare.py         snapshot trees compared, for the same tests
 """
