@@ -254,6 +254,53 @@ def record_hydration(phase: str, read_bytes: int, files: int, seconds: float) ->
 # ------------------------------------------------------------------ end hydrate
 
 
+# ------------------------------------------------------------------ models (model cache)
+MODEL_FAILURE_REASONS = ("no_credentials", "access_denied", "not_found", "unreachable",
+                         "no_space", "disk_guard", "corrupt", "invalid_source", "in_use",
+                         "cancelled", "other")
+MODELS_DOWNLOADED_BYTES = Counter(
+    "nodeagent_models_downloaded_bytes", "Bytes of model objects downloaded into the cache",
+    registry=REGISTRY,
+)
+MODELS_RESUMED_BYTES = Counter(
+    "nodeagent_models_resumed_bytes",
+    "Bytes of interrupted downloads reused from the staging dir instead of downloaded",
+    registry=REGISTRY,
+)
+MODELS_SYNC_DURATION = Histogram(
+    "nodeagent_models_sync_duration_seconds",
+    "Wall time of model syncs that published a new version (list, download, verify)",
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf")),
+    registry=REGISTRY,
+)
+MODELS_FAILURES = Counter(
+    "nodeagent_models_failures", "Model syncs that failed, by reason", ["reason"],
+    registry=REGISTRY,
+)
+MODELS_CORRUPT_DOWNLOADS = Counter(
+    "nodeagent_models_corrupt_downloads",
+    "Objects whose downloaded bytes did not match their checksum/ETag (then re-fetched)",
+    registry=REGISTRY,
+)
+MODELS_CACHE_BYTES = Gauge(
+    "nodeagent_models_cache_bytes", "Bytes of the published models in the cache",
+    registry=REGISTRY,
+)
+MODELS_CACHED = Gauge(
+    "nodeagent_models_cached", "Published models in the cache", registry=REGISTRY,
+)
+MODELS_EVICTIONS = Counter(
+    "nodeagent_models_evictions", "Models evicted from the cache to make room",
+    registry=REGISTRY,
+)
+MODELS_EVICTED_BYTES = Counter(
+    "nodeagent_models_evicted_bytes", "Bytes freed by evicting models", registry=REGISTRY,
+)
+for _reason in MODEL_FAILURE_REASONS:
+    MODELS_FAILURES.labels(reason=_reason)
+# ------------------------------------------------------------------ end models
+
+
 class HealthState:
     """Liveness and readiness, shared between the worker code and the HTTP thread.
 

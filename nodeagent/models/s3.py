@@ -1,0 +1,202 @@
+"""The S3 source: list a prefix (or one key), learn checksums and part layouts, ranged GETs.
+
+Credentials come from boto3's standard chain (environment, profile, web identity/IRSA,
+container and instance roles). The endpoint honours ``AWS_ENDPOINT_URL_S3`` and
+``AWS_ENDPOINT_URL`` (botocore reads both); the region ``AWS_REGION`` as well as
+``AWS_DEFAULT_REGION`` (botocore only reads the latter).
+
+Download method, chosen by measurement (moto S3 behind the throttling proxy, 40 MiB/s
+per connection and 400 MiB/s in total, 2 GiB in four 480 MiB shards, 2-core VM):
+our own ranged GETs (32 MiB, 16 threads, one shared boto3 client, ``pwrite`` into the
+file) 350-370 MiB/s, 3.7-4.3 CPU-s, 65 MiB peak RSS; boto3's transfer manager (16
+threads) 276 MiB/s, 6.9 CPU-s, 119 MiB; the AWS CRT client (awscrt through
+s3transfer.crt; boto3's own CRT path ignores custom endpoints) 261 MiB/s, 6.6 CPU-s,
+198 MiB; a ``download_file`` loop 244 MiB/s, 7.2 CPU-s. Own ranged GETs also let us
+align ranges to the upload's parts (so composite checksums and multipart ETags are
+verified as the bytes arrive) and resume per range, which neither manager offers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from nodeagent.models.checksums import MULTIPART_ETAG, Checksum, checksum_type
+from nodeagent.models.errors import ModelError, scrub
+from nodeagent.models.source import (
+    ObjectDetails,
+    RangeReader,
+    RemoteObject,
+    path_conflicts,
+    safe_relative_path,
+)
+from nodeagent.models.spec import S3Location, parse_s3_url
+
+CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
+ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "403"}
+NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+
+
+def region_from_env(env: dict[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+
+
+def make_client(max_connections: int, region: str | None = None,
+                endpoint_url: str | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(region_name=region or region_from_env())
+    config = Config(
+        max_pool_connections=max_connections + 4, connect_timeout=10, read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 5},
+        # We verify every byte ourselves (checksums.py); botocore would hash twice.
+        response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
+    )
+    return session.client("s3", endpoint_url=endpoint_url,
+                          region_name=session.region_name or "us-east-1", config=config)
+
+
+class S3Source:
+    def __init__(self, model: str, url: str, client: Any):
+        self.model = model
+        self.url = url
+        self.location: S3Location = parse_s3_url(url, model)
+        self.client = client
+
+    # ------------------------------------------------------------------ listing
+    def list_objects(self) -> list[RemoteObject]:
+        loc = self.location
+        if not loc.is_prefix:
+            head = self._call("HeadObject", self.client.head_object, Bucket=loc.bucket,
+                              Key=loc.key)
+            name = loc.key.rsplit("/", 1)[-1]
+            return [RemoteObject(name, loc.key, head["ContentLength"], _etag(head),
+                                 head.get("VersionId") or "")]
+        objects = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=loc.bucket, Prefix=loc.key)
+        for page in self._call("ListObjectsV2", lambda: list(pages)):
+            for item in page.get("Contents", []):
+                key, size = item["Key"], item["Size"]
+                if key.endswith("/") and size == 0:
+                    continue  # a "folder" marker made by consoles
+                path = safe_relative_path(key[len(loc.key):])
+                if path is None:
+                    raise ModelError(self.model, self.url, "invalid_source",
+                                     f"object key {key!r} cannot be a file path below the "
+                                     "model directory (empty, '.' or '..' segments)")
+                algorithms = item.get("ChecksumAlgorithm") or []
+                objects.append(RemoteObject(path, key, size, _etag(item),
+                                            checksum_algorithm=algorithms[0] if algorithms
+                                            else ""))
+        if not objects:
+            raise ModelError(self.model, self.url, "not_found",
+                             f"no objects below s3://{loc.bucket}/{loc.key}: check the prefix "
+                             "(a prefix source ends with '/')")
+        for parent, child in path_conflicts([o.path for o in objects]):
+            raise ModelError(self.model, self.url, "invalid_source",
+                             f"object {parent!r} is also a directory of {child!r}: the "
+                             "keys cannot be laid out as files")
+        return objects
+
+    # ------------------------------------------------------------------ verification facts
+    def details(self, obj: RemoteObject) -> ObjectDetails:
+        loc = self.location
+        head = self._call("HeadObject", self.client.head_object, Bucket=loc.bucket,
+                          Key=obj.key, ChecksumMode="ENABLED", IfMatch=f'"{obj.etag}"')
+        checksum = _checksum(head, obj.etag)
+        parts = None
+        m = MULTIPART_ETAG.fullmatch(obj.etag)
+        if m:
+            parts = self._part_layout(obj, int(m.group(2)))
+        return ObjectDetails(checksum, parts, head.get("VersionId") or "")
+
+    def _part_layout(self, obj: RemoteObject, count: int) -> tuple[int, ...] | None:
+        """Part sizes: HEAD ?partNumber=1 gives the first part's size; tools upload equal
+        parts but the last, which is checked; otherwise each part is asked for."""
+        def part_size(number: int) -> int:
+            head = self._call("HeadObject", self.client.head_object,
+                              Bucket=self.location.bucket, Key=obj.key, PartNumber=number)
+            return int(head["ContentLength"])
+
+        first = part_size(1)
+        if first <= 0:
+            return None
+        if (-(-obj.size // first) == count and first < obj.size) or count == 1:
+            last = obj.size - first * (count - 1)
+            return (first,) * (count - 1) + (last,)
+        sizes = tuple(part_size(n) for n in range(1, count + 1))
+        return sizes if sum(sizes) == obj.size else None
+
+    # ------------------------------------------------------------------ bytes
+    def open_range(self, obj: RemoteObject, start: int, length: int,
+                   whole: bool) -> tuple[RangeReader, Checksum | None]:
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": obj.key,
+                                  "IfMatch": f'"{obj.etag}"'}
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        if whole:
+            kwargs["ChecksumMode"] = "ENABLED"
+        if obj.size and not (whole and start == 0 and length == obj.size):
+            kwargs["Range"] = f"bytes={start}-{start + length - 1}"
+        resp = self._call("GetObject", self.client.get_object, **kwargs)
+        return resp["Body"], _checksum(resp, obj.etag) if whole else None
+
+    # ------------------------------------------------------------------ errors
+    def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(*args, **kwargs)
+        except NoCredentialsError:
+            raise ModelError(self.model, self.url, "no_credentials", (
+                "no AWS credentials found (looked in the environment, ~/.aws, web identity/"
+                "IRSA, container and instance roles): give the node or the agent's service "
+                "account an IAM role that may read the bucket")) from None
+        except ClientError as exc:
+            raise self.client_error(operation, exc) from None
+        except BotoCoreError as exc:
+            reason = "unreachable" if "connect" in type(exc).__name__.lower() else "other"
+            raise ModelError(self.model, self.url, reason,
+                             f"{operation} failed: {scrub(str(exc))}") from None
+
+    def client_error(self, operation: str, exc: Any) -> ModelError:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode", ""))
+        message = scrub(str(err.get("Message") or ""))
+        loc = self.location
+        if code in ACCESS_CODES:
+            return ModelError(self.model, self.url, "access_denied", (
+                f"access denied by S3 ({code}) on {operation} of s3://{loc.bucket}/"
+                f"{loc.key}: the credentials need s3:ListBucket on the bucket and "
+                f"s3:GetObject on the objects" + (f" ({message})" if message else "")))
+        if code == "NoSuchBucket" or (code in NOT_FOUND_CODES and operation == "ListObjectsV2"):
+            return ModelError(self.model, self.url, "not_found",
+                              f"bucket {loc.bucket!r} does not exist ({code})")
+        if code in NOT_FOUND_CODES:
+            return ModelError(self.model, self.url, "not_found",
+                              f"object s3://{loc.bucket}/{loc.key} does not exist ({code})")
+        if code in ("PreconditionFailed", "412"):
+            return ModelError(self.model, self.url, "other",
+                              "an object changed while it was downloaded: run again")
+        return ModelError(self.model, self.url, "other",
+                          f"{operation} failed: {code} {message}".strip())
+
+
+def _etag(item: dict[str, Any]) -> str:
+    return str(item.get("ETag", "")).strip('"')
+
+
+def _checksum(head: dict[str, Any], etag: str) -> Checksum | None:
+    for algorithm in CHECKSUM_ALGORITHMS:
+        value = head.get(f"Checksum{algorithm}")
+        if value:
+            kind = checksum_type(algorithm, value, head.get("ChecksumType"), etag)
+            return Checksum(algorithm, value.split("-")[0], kind)
+    return None
