@@ -4,6 +4,8 @@ throttling proxy: layout, verification, re-sync, atomic replacement."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ from models_fixtures import (
     tree_files,
 )
 
+from nodeagent import metrics
 from nodeagent.models import ModelSpec, SyncOptions, sync
+from nodeagent.sandbox.throttle import ThrottleProxy, corrupt
 
 RANGE = 4 * MiB  # small ranges so small test objects still take several ranged GETs
 
@@ -58,3 +62,106 @@ def test_prefix_lands_complete_with_manifest(llm, tmp_path: Path) -> None:
     assert shard["verified"] == "composite CRC32" and shard["etag"].endswith("-3")
     assert by_path["config.json"]["verified"] in ("full CRC32", "md5 MD5")
     assert not list((cache / ".nodeagent" / "staging").iterdir())
+
+
+def object_gets(proxy: ThrottleProxy, key: str) -> int:
+    return sum(1 for method, target in proxy.requests()
+               if method == "GET" and target.split("?")[0] == f"/{BUCKET}/{key}")
+
+
+def test_unchanged_resync_downloads_nothing(llm, proxy: ThrottleProxy, tmp_path: Path) -> None:
+    spec = ModelSpec("llm", f"s3://{BUCKET}/llm/")
+    assert sync([spec], options(tmp_path)).ok
+    inode = (tmp_path / "cache" / "llm").stat().st_ino
+    proxy.reset_requests()
+    result = sync([spec], options(tmp_path))
+    assert result.ok and result.models[0].state == "present"
+    assert result.models[0].downloaded_bytes == 0
+    # One listing and nothing else: no HEAD, no GET of any object.
+    assert [m for m, t in proxy.requests()] == ["GET"]
+    assert "list-type=2" in proxy.requests()[0][1]
+    assert (tmp_path / "cache" / "llm").stat().st_ino == inode
+
+
+def test_changed_object_is_replaced_atomically(llm, s3, proxy: ThrottleProxy,
+                                               tmp_path: Path) -> None:
+    spec = ModelSpec("llm", f"s3://{BUCKET}/llm/")
+    s3.put_object(Bucket=BUCKET, Key="llm/a.txt", Body=b"v1")
+    s3.put_object(Bucket=BUCKET, Key="llm/b.txt", Body=b"v1")
+    assert sync([spec], options(tmp_path)).ok
+    tree = tmp_path / "cache" / "llm"
+    reused_inode = (tree / "weights/model-00002.safetensors").stat().st_ino
+    old_reader = open(tree / "weights/model-00001.safetensors", "rb")  # noqa: SIM115
+    new_shard = data(13 * MiB + 5, 99)
+    put_multipart(s3, "llm/weights/model-00001.safetensors", new_shard, tmp_path)
+    s3.put_object(Bucket=BUCKET, Key="llm/a.txt", Body=b"v2")
+    s3.put_object(Bucket=BUCKET, Key="llm/b.txt", Body=b"v2")
+    s3.delete_object(Bucket=BUCKET, Key="llm/extra/00.bin")
+
+    seen, stop = [], threading.Event()
+
+    def read_at(dir_fd: int, name: str) -> bytes:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            return os.read(fd, 10)
+        finally:
+            os.close(fd)
+
+    def reader() -> None:  # a reader holding the model dir sees one version, whole
+        while not stop.is_set():
+            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)  # never missing, not even briefly
+            try:
+                seen.append((read_at(fd, "a.txt"), read_at(fd, "b.txt")))
+            finally:
+                os.close(fd)
+
+    proxy.reset_requests()
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        result = sync([spec], options(tmp_path))
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.ok and result.models[0].state == "updated"
+    expected = {**llm, "a.txt": b"v2", "b.txt": b"v2",
+                "weights/model-00001.safetensors": new_shard}
+    del expected["extra/00.bin"]
+    assert tree_files(tree) == expected
+    assert set(seen) <= {(b"v1", b"v1"), (b"v2", b"v2")} and (b"v2", b"v2") in seen
+    # Only what changed was downloaded; the unchanged shard is the same file (hard link).
+    assert object_gets(proxy, "llm/weights/model-00002.safetensors") == 0
+    assert object_gets(proxy, "llm/config.json") == 0
+    assert object_gets(proxy, "llm/weights/model-00001.safetensors") == 3  # its 3 parts
+    assert (tree / "weights/model-00002.safetensors").stat().st_ino == reused_inode
+    # The reader of the old version still reads the old bytes.
+    assert old_reader.read() == llm["weights/model-00001.safetensors"]
+    old_reader.close()
+
+
+def test_wrong_bytes_are_rejected_and_nothing_is_published(llm, proxy: ThrottleProxy,
+                                                           tmp_path: Path) -> None:
+    proxy.inject(corrupt(after_bytes=2 * MiB), times=None)  # every connection, every time
+    result = sync([ModelSpec("llm", f"s3://{BUCKET}/llm/")], options(tmp_path))
+    failed = result.models[0]
+    assert failed.state == "failed" and failed.error is not None
+    assert failed.error.reason == "corrupt"
+    assert "model llm (s3://models/llm/)" in str(failed.error)
+    assert "nothing was published" in str(failed.error)
+    cache = tmp_path / "cache"
+    assert not (cache / "llm").exists() and not (cache / "llm.manifest.json").exists()
+
+
+def test_a_corrupted_download_is_fetched_again(s3, proxy: ThrottleProxy,
+                                               tmp_path: Path) -> None:
+    body = data(13 * MiB, 7)
+    put_multipart(s3, "one/shard.bin", body, tmp_path)
+    before = metrics.MODELS_CORRUPT_DOWNLOADS._value.get()
+    # moto answers one request per connection: list, HEAD, HEAD part 1, then range GETs;
+    # the first five connections are corrupted at 1 MiB, i.e. two of the range GETs.
+    proxy.inject(corrupt(after_bytes=MiB), times=5)
+    result = sync([ModelSpec("one", f"s3://{BUCKET}/one/")], options(tmp_path))
+    assert result.ok
+    assert (tmp_path / "cache" / "one" / "shard.bin").read_bytes() == body
+    assert proxy.stats().faults_fired == 2
+    assert metrics.MODELS_CORRUPT_DOWNLOADS._value.get() == before + 1  # one object, again
