@@ -1,0 +1,85 @@
+"""An interrupted model download (SIGKILL of the process) resumes from what it had
+written and verified, and publishes exactly once. The download runs in a subprocess
+against moto S3 behind a slow throttling proxy, so it can be killed halfway."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
+
+from nodeagent.models import ModelSpec, SyncOptions, sync
+from nodeagent.sandbox.throttle import ThrottleProxy
+
+RANGE = 4 * MiB
+CHILD = """
+import sys
+from nodeagent.models import ModelSpec, SyncOptions, sync
+r = sync([ModelSpec("big", "s3://models/big/")],
+         SyncOptions(cache_dir=sys.argv[1], concurrency=2, range_bytes=4 << 20))
+print("ok" if r.ok else r.models[0].error, flush=True)
+"""
+
+
+def journal_ranges(journal: Path) -> int:
+    try:
+        return sum(1 for line in journal.read_text().splitlines()[1:] if line.endswith("}"))
+    except OSError:
+        return 0
+
+
+def test_sigkill_mid_download_resumes_and_publishes_once(s3, moto, proxy: ThrottleProxy,
+                                                         tmp_path: Path) -> None:
+    body = data(30 * MiB, 5)
+    put_multipart(s3, "big/weights.bin", body, tmp_path, part=5 * MiB)  # 6 parts
+    s3.put_object(Bucket=BUCKET, Key="big/config.json", Body=b"{}")
+    cache = tmp_path / "cache"
+    journal = cache / ".nodeagent" / "staging" / "big" / "journal.jsonl"
+    with ThrottleProxy(moto.url, per_connection_bps=3 * MiB, total_bps=6 * MiB) as slow:
+        env = {**os.environ, "AWS_ENDPOINT_URL_S3": slow.url}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(cache)], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while journal_ranges(journal) < 3 and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    done_before = journal_ranges(journal)
+    assert 3 <= done_before < 7  # config.json + some parts of weights.bin
+    assert not (cache / "big").exists()  # nothing published by the killed run
+
+    proxy.reset_requests()
+    result = sync([ModelSpec("big", f"s3://{BUCKET}/big/")],
+                  SyncOptions(cache_dir=str(cache), concurrency=4, range_bytes=RANGE))
+    assert result.ok and result.models[0].state == "updated"
+    assert (cache / "big" / "weights.bin").read_bytes() == body
+    assert (cache / "big" / "config.json").read_bytes() == b"{}"
+    gets = [t for m, t in proxy.requests() if m == "GET" and "list-type" not in t]
+    # Only the parts the killed run had not finished were downloaded again.
+    assert len(gets) == 7 - done_before
+    assert result.models[0].downloaded_bytes < len(body)
+    manifest = json.loads((cache / "big.manifest.json").read_text())
+    assert {o["path"]: o["verified"] for o in manifest["objects"]}["weights.bin"] == (
+        "composite CRC32")
+    # Published once: no staging left, nothing in the trash, a re-run has nothing to do.
+    assert not journal.parent.exists()
+    assert not list((cache / ".nodeagent" / "trash").iterdir())
+    again = sync([ModelSpec("big", f"s3://{BUCKET}/big/")], SyncOptions(cache_dir=str(cache)))
+    assert again.models[0].state == "present"
+
+
+def test_stale_staging_of_a_model_no_longer_listed_is_removed(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=BUCKET, Key="small/a.txt", Body=b"a")
+    stale = tmp_path / "cache" / ".nodeagent" / "staging" / "gone"
+    (stale / "tree").mkdir(parents=True)
+    (stale / "tree" / "half.bin").write_bytes(b"x" * 1000)
+    result = sync([ModelSpec("small", f"s3://{BUCKET}/small/")],
+                  SyncOptions(cache_dir=str(tmp_path / "cache")))
+    assert result.ok and not stale.exists()
