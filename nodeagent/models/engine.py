@@ -112,11 +112,17 @@ class _Run:
         ticker = threading.Thread(target=self._tick, daemon=True)
         ticker.start()
         try:
+            # Plan every model (and check space) before any byte moves, so the guard
+            # sees the filesystem as it is plus what the planned downloads reserve.
             for rank, spec in enumerate(self.specs):
                 if self.options.stop.is_set():
                     self._finish(spec.name, "skipped", "cancelled", "stopped before it began")
                     continue
-                self._start(pool, rank, spec)
+                self._plan(rank, spec)
+            for job in self.jobs:
+                job.progress.state, job.progress.started = "downloading", time.monotonic()
+                self._event(job.progress)
+                job.start(pool)
             pool.wait()
         finally:
             self._done.set()
@@ -138,7 +144,7 @@ class _Run:
                 self.reporter.update(list(self.progress.values()))
 
     # ------------------------------------------------------------------ one model
-    def _start(self, pool: WorkerPool, rank: int, spec: ModelSpec) -> None:
+    def _plan(self, rank: int, spec: ModelSpec) -> None:
         source = self.factory(spec)
         progress = self.progress[spec.name]
         try:
@@ -174,8 +180,6 @@ class _Run:
         with self._lock:
             self.reserved += needed
         progress.bytes_total = sum(o.size for o in diff.fetch)
-        progress.state, progress.started = "downloading", time.monotonic()
-        self._event(progress)
         metrics.MODELS_RESUMED_BYTES.inc(resumed)
         job = ModelJob(spec.name, source, staging / "tree", journal, progress, rank,
                        diff.fetch, {(d.path, d.start): d for d in kept},
@@ -183,23 +187,26 @@ class _Run:
                        self._job_failed, self.options.stop,
                        range_bytes=self.options.range_bytes)
         self.jobs.append(job)
-        job.start(pool)
 
     def _make_room(self, spec: ModelSpec, needed: int) -> str:
         fs = space.fs_status(self.layout.root)
         over = space.over_by(fs, needed, self.reserved, self.high_water)
         if not over:
             return ""
-        short = over
+        freed = 0
         if self.options.evict:
             listed = {s.name for s in self.specs}
             eviction = plan_eviction(cache.candidates(self.layout, listed), over)
-            self.evicted += cache.evict(self.layout, eviction)
-            fs = space.fs_status(self.layout.root)
-            short = space.over_by(fs, needed, self.reserved, self.high_water)
-            if not short:
-                return ""
-        return space.refusal(spec.name, needed, fs, self.high_water, self.reserved, short)
+            if eviction.short_bytes == 0:
+                done = cache.evict(self.layout, eviction)
+                self.evicted += done
+                # Counted from the plan: filesystems free deleted blocks lazily (XFS).
+                freed = sum(m.size_bytes for m in eviction.evict if m.name in done)
+            else:
+                freed = eviction.freed_bytes  # what evicting could free: too little
+        if freed >= over:
+            return ""
+        return space.refusal(spec.name, needed, fs, self.high_water, self.reserved, freed)
 
     def _publish(self, job: ModelJob, spec: ModelSpec, old: manifest.Manifest | None,
                  reserved: int) -> None:

@@ -30,12 +30,12 @@ def over_by(fs: FsStatus, needed: int, reserved: int, high_water_percent: float)
 
 
 def refusal(model: str, needed: int, fs: FsStatus, high_water_percent: float,
-            reserved: int, short: int) -> str:
+            reserved: int, freeable: int) -> str:
     decision = check(model, needed, fs, high_water_percent, reserved)
     return (f"needs {fmt_bytes(needed)} on the cache filesystem {fs.mountpoint}, which is "
             f"{fs.used_percent:.1f}% used ({fmt_bytes(fs.used_bytes)} of "
             f"{fmt_bytes(fs.capacity_bytes)}); that would reach "
             f"{decision.projected_percent:.1f}%, above the high-water mark of "
-            f"{high_water_percent:g}%, and evicting unlisted models not in use frees "
-            f"{fmt_bytes(max(0, short))} too little. Free space, remove models from the "
-            "list or raise the high-water mark (NODEAGENT_HIGH_WATER)")
+            f"{high_water_percent:g}%; evicting the unlisted models not in use would free "
+            f"only {fmt_bytes(freeable)}. Free space, remove models from the list or "
+            "raise the high-water mark (NODEAGENT_HIGH_WATER)")
