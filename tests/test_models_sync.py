@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import boto3
 import pytest
 from models_fixtures import (
     BUCKET,
@@ -165,3 +166,23 @@ def test_a_corrupted_download_is_fetched_again(s3, proxy: ThrottleProxy,
     assert (tmp_path / "cache" / "one" / "shard.bin").read_bytes() == body
     assert proxy.stats().faults_fired == 2
     assert metrics.MODELS_CORRUPT_DOWNLOADS._value.get() == before + 1  # one object, again
+
+
+def test_objects_without_checksums_are_verified_by_their_etags(moto, tmp_path: Path) -> None:
+    """Uploads without S3 checksums (older tools): a big single-part object is checked
+    by its MD5 ETag (read back, ranges arrive out of order), a multipart one by the MD5
+    of its parts' MD5s, with the part layout learned from HEAD ?partNumber=1."""
+    from botocore.config import Config
+
+    plain = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                         config=Config(request_checksum_calculation="when_required"))
+    plain.create_bucket(Bucket=BUCKET)
+    single, multi = data(9 * MiB + 1, 21), data(12 * MiB + 7, 22)
+    plain.put_object(Bucket=BUCKET, Key="old/single.bin", Body=single)
+    put_multipart(plain, "old/multi.bin", multi, tmp_path)
+    result = sync([ModelSpec("old", f"s3://{BUCKET}/old/")], options(tmp_path))
+    assert result.ok, result.models[0].error
+    manifest = json.loads((tmp_path / "cache" / "old.manifest.json").read_text())
+    how = {o["path"]: o["verified"] for o in manifest["objects"]}
+    assert how == {"single.bin": "md5 MD5", "multi.bin": "multipart-md5 MD5"}
+    assert tree_files(tmp_path / "cache" / "old") == {"single.bin": single, "multi.bin": multi}
