@@ -43,6 +43,22 @@ def start_writeback(fd: int, start: int, length: int) -> None:
                           SYNC_FILE_RANGE_WRITE)
 
 
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This worker thread's read buffer (one per thread: memory stays bounded)."""
+    if not hasattr(_local, "buffer"):
+        _local.buffer = memoryview(bytearray(CHUNK))
+    return _local.buffer
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 @dataclass
 class ModelJob:
     name: str
@@ -135,6 +151,7 @@ class ModelJob:
 
     def _fetch(self, pool: WorkerPool, job: ObjectJob, rng: Range) -> None:
         last: BaseException | None = None
+        buffer = _buffer()
         for attempt in range(RANGE_ATTEMPTS):
             if self.failed:
                 return
@@ -146,16 +163,17 @@ class ModelJob:
                     hashing = job.hashing(rng)
                     pos = rng.start
                     while pos < rng.end:
-                        data = reader.read(min(CHUNK, rng.end - pos))
-                        if not data:
+                        n = reader.readinto(buffer[: min(CHUNK, rng.end - pos)])
+                        if not n:
                             raise ConnectionError(f"stream ended {rng.end - pos} bytes early")
-                        os.pwrite(job.fd, data, pos)
-                        hashing.update(data)
-                        pos += len(data)
-                        written += len(data)
-                        self._count(len(data))
+                        _pwrite_all(job.fd, buffer[:n], pos)
+                        hashing.update(buffer[:n])
+                        pos += n
+                        written += n
+                        self._count(n)
                         if self.failed:
                             return
+                    reader.readinto(buffer[:1])  # the end of the body: frees the connection
                 finally:
                     reader.close()
                 result = hashing.finish(checksum)

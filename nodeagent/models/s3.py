@@ -145,7 +145,7 @@ class S3Source:
         if obj.size and not (whole and start == 0 and length == obj.size):
             kwargs["Range"] = f"bytes={start}-{start + length - 1}"
         resp = self._call("GetObject", self.client.get_object, **kwargs)
-        return resp["Body"], _checksum(resp, obj.etag) if whole else None
+        return BodyReader(resp["Body"]), _checksum(resp, obj.etag) if whole else None
 
     # ------------------------------------------------------------------ errors
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -187,6 +187,42 @@ class S3Source:
                               "an object changed while it was downloaded: run again")
         return ModelError(self.model, self.url, "other",
                           f"{operation} failed: {code} {message}".strip())
+
+
+class BodyReader:
+    """A GetObject body read straight into our buffer.
+
+    botocore's ``read(n)`` allocates and copies every chunk (through urllib3 and
+    http.client); reading the http.client response under it with ``readinto`` saves
+    about 13% of the download's CPU (measured: 3.7 vs 4.3 CPU-s for 2 GiB). Our own
+    length and checksum checks replace botocore's. Any other body shape falls back to
+    ``read``. A body read to its end hands its connection back to urllib3's pool.
+    """
+
+    def __init__(self, body: Any):
+        self.body = body
+        raw = getattr(body, "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        self._raw = raw if fp is not None and hasattr(fp, "readinto") and hasattr(
+            raw, "release_conn") else None
+        self._fp = fp if self._raw is not None else None
+        self._ended = False
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._fp is not None:
+            n = self._fp.readinto(buffer)
+        else:
+            data = self.body.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        self._ended = n == 0
+        return n
+
+    def close(self) -> None:
+        if self._raw is not None and self._ended:
+            self._raw.release_conn()
+        else:
+            self.body.close()
 
 
 def _etag(item: dict[str, Any]) -> str:

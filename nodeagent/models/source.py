@@ -38,9 +38,11 @@ class ObjectDetails:
 
 
 class RangeReader(Protocol):
-    def read(self, amt: int) -> bytes: ...
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill the start of ``buffer``; 0 at the end of the stream."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection (back to the pool when the body was read to its end)."""
 
 
 class ModelSource(Protocol):
