@@ -124,6 +124,11 @@ class _Run:
                 self._event(job.progress)
                 job.start(pool)
             pool.wait()
+            for spec in self.specs:  # stopped (options.stop) before it could finish
+                if spec.name not in self.results:
+                    self._failed(spec.name, ModelError(
+                        spec.name, spec.source, "cancelled",
+                        "stopped; the partial download is kept and resumes on the next run"))
         finally:
             self._done.set()
             pool.close()
@@ -168,6 +173,7 @@ class _Run:
         if not kept:
             remove_tree(staging)
         (staging / "tree").mkdir(parents=True, exist_ok=True)
+        _prune(staging / "tree", {o.path for o in (*diff.fetch, *diff.reuse)})
         journal.open(kept)
         _link_unchanged(tree, staging / "tree", diff)
         resumed = sum(d.length for d in kept)
@@ -281,6 +287,17 @@ def _sizes(tree: Path, current: manifest.Manifest) -> dict[str, int]:
         except OSError:
             continue
     return sizes
+
+
+def _prune(staged: Path, wanted: set[str]) -> None:
+    """Drop files an interrupted run left that the new version must not contain."""
+    for dirpath, _dirs, files in os.walk(staged, topdown=False):
+        for name in files:
+            path = Path(dirpath) / name
+            if str(path.relative_to(staged)) not in wanted:
+                path.unlink()
+        if dirpath != str(staged) and not os.listdir(dirpath):
+            os.rmdir(dirpath)
 
 
 def _link_unchanged(published: Path, staged: Path, diff: plan.Diff) -> None:
