@@ -256,8 +256,8 @@ def record_hydration(phase: str, read_bytes: int, files: int, seconds: float) ->
 
 # ------------------------------------------------------------------ models (model cache)
 MODEL_FAILURE_REASONS = ("no_credentials", "access_denied", "not_found", "unreachable",
-                         "no_space", "disk_guard", "corrupt", "invalid_source", "in_use",
-                         "cancelled", "other")
+                         "no_space", "disk_guard", "corrupt", "invalid_source",
+                         "source_changed", "cancelled", "other")
 MODELS_DOWNLOADED_BYTES = Counter(
     "nodeagent_models_downloaded_bytes", "Bytes of model objects downloaded into the cache",
     registry=REGISTRY,

@@ -24,7 +24,7 @@ from models_fixtures import (
 
 from nodeagent import metrics
 from nodeagent.models import ModelSpec, SyncOptions, sync
-from nodeagent.sandbox.throttle import ThrottleProxy, corrupt
+from nodeagent.sandbox.throttle import ThrottleProxy, corrupt, pause
 
 RANGE = 4 * MiB  # small ranges so small test objects still take several ranged GETs
 
@@ -186,3 +186,20 @@ def test_objects_without_checksums_are_verified_by_their_etags(moto, tmp_path: P
     how = {o["path"]: o["verified"] for o in manifest["objects"]}
     assert how == {"single.bin": "md5 MD5", "multi.bin": "multipart-md5 MD5"}
     assert tree_files(tmp_path / "cache" / "old") == {"single.bin": single, "multi.bin": multi}
+
+
+def test_an_object_changing_mid_download_fails_cleanly(s3, proxy: ThrottleProxy,
+                                                       tmp_path: Path) -> None:
+    put_multipart(s3, "moving/w.bin", data(20 * MiB, 8), tmp_path)
+    proxy.inject(pause(after_bytes=MiB, seconds=1.0), times=None)
+    overwrite = threading.Timer(0.4, lambda: s3.put_object(
+        Bucket=BUCKET, Key="moving/w.bin", Body=b"new"))
+    overwrite.start()
+    result = sync([ModelSpec("moving", f"s3://{BUCKET}/moving/")],
+                  SyncOptions(cache_dir=str(tmp_path / "cache"), concurrency=1,
+                              range_bytes=RANGE))
+    overwrite.join()
+    error = result.models[0].error
+    assert error is not None and error.reason == "source_changed"
+    assert "an object changed while it was downloaded" in str(error)
+    assert not (tmp_path / "cache" / "moving").exists()

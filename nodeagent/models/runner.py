@@ -28,7 +28,8 @@ from nodeagent.models.pool import WorkerPool
 from nodeagent.models.progress import ModelProgress
 from nodeagent.models.source import ModelSource, RemoteObject
 
-PERMANENT = ("no_credentials", "access_denied", "not_found", "invalid_source", "no_space")
+PERMANENT = ("no_credentials", "access_denied", "not_found", "invalid_source", "no_space",
+             "source_changed")
 RANGE_ATTEMPTS = 5
 OBJECT_ATTEMPTS = 3
 CHUNK = 1 << 20

@@ -183,8 +183,9 @@ class S3Source:
             return ModelError(self.model, self.url, "not_found",
                               f"object s3://{loc.bucket}/{loc.key} does not exist ({code})")
         if code in ("PreconditionFailed", "412"):
-            return ModelError(self.model, self.url, "other",
-                              "an object changed while it was downloaded: run again")
+            return ModelError(self.model, self.url, "source_changed",
+                              "an object changed while it was downloaded: the next sync "
+                              "fetches the new version")
         return ModelError(self.model, self.url, "other",
                           f"{operation} failed: {code} {message}".strip())
 
