@@ -5,7 +5,9 @@ small files) in moto S3, behind the throttling proxy capping each connection at 
 and all of them at 400 MiB/s (nodeagent.sandbox.throttle, in a process of its own). Each
 contender runs as a subprocess into an empty directory; the report gives wall time,
 MiB/s, the share of the total cap, the contender's CPU-seconds and its peak RSS (from
-wait4), plus the proxy's and moto's CPU. A last row measures moto's own ceiling: nodeagent
+wait4), plus the proxy's and moto's CPU. "On disk" adds a sync(2) after the exit:
+nodeagent fsyncs a model before publishing it, the others leave writeback to the kernel,
+so that column compares like with like. A last row measures moto's own ceiling: nodeagent
 straight to moto, no proxy.
 
 moto answers a ranged GET by reading the whole object and slicing it (its S3 responses
@@ -16,7 +18,8 @@ process this benchmark starts reads only the requested range (``patch_moto_range
 virtualenv of its own under the work dir. moto's data stays in the page cache between
 runs (as S3's would be warm); the destination is emptied and synced before each run.
 
-    .venv/bin/python bench/models_bench.py [--runs 1] [--only nodeagent,awscli,boto3,ceiling]
+    .venv/bin/python bench/models_bench.py [--runs 1]
+        [--only nodeagent,nofsync,awscli,boto3,ceiling]
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
 NODEAGENT = """
 import sys
 from nodeagent.models import ModelSpec, SyncOptions, sync
-r = sync([ModelSpec("llm", "s3://models/llm/")], SyncOptions(cache_dir=sys.argv[1]))
+r = sync([ModelSpec("llm", "s3://models/llm/")],
+         SyncOptions(cache_dir=sys.argv[1], durable=sys.argv[2:] != ["--no-fsync"]))
 sys.exit(0 if r.ok else str(r.models[0].error))
 """
 BOTO3_LOOP = """
@@ -125,6 +129,7 @@ def serve_moto(stock: bool) -> None:
 class Run:
     name: str
     wall_s: float
+    disk_s: float  # until the files are on disk: wall + a sync(2) after the exit
     bytes: int
     cpu_s: float
     rss_mib: float
@@ -135,8 +140,9 @@ class Run:
         rate = self.bytes / self.wall_s / MiB
         share = f"{100 * rate / cap_mibps:.0f}%" if cap_mibps else "-"
         proxy = f"{self.proxy_cpu_s:.1f}" if self.proxy_cpu_s is not None else "-"
-        return (f"| {self.name} | {self.wall_s:.1f} | {rate:.0f} | {share} | {self.cpu_s:.1f} "
-                f"| {self.rss_mib:.0f} | {proxy} |" + ("" if self.ok else " FAILED"))
+        return (f"| {self.name} | {self.wall_s:.1f} | {self.disk_s:.1f} | {rate:.0f} | {share} "
+                f"| {self.cpu_s:.1f} | {self.rss_mib:.0f} | {proxy} |"
+                + ("" if self.ok else " FAILED"))
 
 
 def start_line_process(argv: list[str], env: dict[str, str] | None = None,
@@ -165,6 +171,8 @@ def measure(name: str, argv: list[str], env: dict[str, str], dest: Path,
     watcher.start()
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
+    os.sync()  # nodeagent fsyncs before publishing; the others leave it to the kernel
+    disk = time.monotonic() - start
     watcher.join()
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     ok = os.waitstatus_to_exitcode(status) == 0
@@ -173,8 +181,8 @@ def measure(name: str, argv: list[str], env: dict[str, str], dest: Path,
         print(f"{name}: exit {os.waitstatus_to_exitcode(status)}, {got} of {total_bytes} "
               f"bytes\n{stderr[-2000:]}", file=sys.stderr)
         ok = False
-    return Run(name, wall, total_bytes, usage.ru_utime + usage.ru_stime, peak[0] / 1024,
-               ok=ok)
+    return Run(name, wall, disk, total_bytes, usage.ru_utime + usage.ru_stime,
+               peak[0] / 1024, ok=ok)
 
 
 def watch_peak_rss(pid: int, peak: list[int]) -> None:
@@ -239,7 +247,7 @@ def main() -> int:
     p.add_argument("--per-connection-mibps", type=float, default=40)
     p.add_argument("--total-mibps", type=float, default=400)
     p.add_argument("--runs", type=int, default=1, help="runs per contender (best is shown)")
-    p.add_argument("--only", default="nodeagent,awscli,boto3,ceiling")
+    p.add_argument("--only", default="nodeagent,nofsync,awscli,boto3,ceiling")
     args = p.parse_args()
     if args.serve_moto:
         serve_moto(args.stock_moto)
@@ -258,11 +266,13 @@ def main() -> int:
         total = upload_model(moto_url, args.shards, args.shard_mib, workdir)
         contenders = {
             "nodeagent": [sys.executable, "-c", NODEAGENT, "{dest}"],
+            "nofsync": [sys.executable, "-c", NODEAGENT, "{dest}", "--no-fsync"],
             "awscli": [str(aws), "s3", "cp", "--recursive", "--quiet", f"s3://{BUCKET}/{PREFIX}",
                        "{dest}"],
             "boto3": [sys.executable, "-c", BOTO3_LOOP, "{dest}"],
         }
-        names = {"nodeagent": "nodeagent models", "awscli": "aws s3 cp --recursive",
+        names = {"nodeagent": "nodeagent models", "nofsync": "nodeagent, durable=False",
+                 "awscli": "aws s3 cp --recursive",
                  "boto3": "boto3 download_file loop"}
         for key in [k for k in contenders if k in wanted]:
             best = None
@@ -276,7 +286,7 @@ def main() -> int:
                 dest = workdir / "dest"
                 run = measure(names[key], [a.replace("{dest}", str(dest))
                                            for a in contenders[key]], env, dest, total,
-                              dest / "llm" if key == "nodeagent" else dest)
+                              dest / "llm" if key in ("nodeagent", "nofsync") else dest)
                 run.proxy_cpu_s = float(stop_line_process(proxy).rsplit("cpu_seconds=", 1)[1])
                 print(run.row(args.total_mibps), file=sys.stderr)
                 best = run if best is None or run.wall_s < best.wall_s else best
@@ -296,8 +306,8 @@ def main() -> int:
           f"proxy {args.per_connection_mibps:g} MiB/s per connection, "
           f"{args.total_mibps:g} MiB/s total; moto {'stock' if args.stock_moto else 'ranged'}"
           f" (its CPU over the whole bench: {moto_cpu} s); {os.cpu_count()} CPUs\n")
-    print("| tool | wall s | MiB/s | % of cap | CPU-s | peak RSS MiB | proxy CPU-s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | wall s | on disk s | MiB/s | % of cap | CPU-s | peak RSS MiB | proxy CPU-s |")
+    print("|---|---|---|---|---|---|---|---|")
     for run in runs:
         print(run.row(args.total_mibps if "no proxy" not in run.name else None))
     base = {r.name: r for r in runs}

@@ -96,3 +96,14 @@ def test_secrets_never_in_errors_logs_or_metrics(monkeypatch, proxy, s3, tmp_pat
     assert error.reason == "access_denied"
     assert_no_secret(str(error), repr(error), captured_logs.getvalue(),
                      generate_latest(metrics.REGISTRY).decode())
+
+
+def test_region_comes_from_aws_region_too(monkeypatch) -> None:
+    from nodeagent.models.s3 import make_client
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert make_client(2).meta.region_name == "eu-west-3"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert make_client(2).meta.region_name == "ap-south-1"
+    assert make_client(2, region="us-west-2").meta.region_name == "us-west-2"

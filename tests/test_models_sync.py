@@ -50,8 +50,10 @@ def llm(s3, tmp_path: Path) -> dict[str, bytes]:
     return files
 
 
-def test_prefix_lands_complete_with_manifest(llm, tmp_path: Path) -> None:
-    result = sync([ModelSpec("llm", f"s3://{BUCKET}/llm/", priority=5)], options(tmp_path))
+@pytest.mark.parametrize("durable", [True, False])
+def test_prefix_lands_complete_with_manifest(llm, tmp_path: Path, durable: bool) -> None:
+    result = sync([ModelSpec("llm", f"s3://{BUCKET}/llm/", priority=5)],
+                  options(tmp_path, durable=durable))
     assert result.ok, result.models[0].error
     cache = tmp_path / "cache"
     assert tree_files(cache / "llm") == llm

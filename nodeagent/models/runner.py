@@ -74,6 +74,7 @@ class ModelJob:
     on_fail: Callable[[ModelJob], None]
     stop: threading.Event
     range_bytes: int = RANGE_BYTES
+    durable: bool = True  # start writeback of each finished range (see engine.SyncOptions)
     verified: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (how, value)
     details: dict[str, str] = field(default_factory=dict)  # path -> version id
     error: ModelError | None = None
@@ -191,7 +192,7 @@ class ModelJob:
             except Exception as exc:  # botocore/urllib3 streaming errors: retried
                 last = exc
             else:
-                if rng.length:
+                if rng.length and self.durable:
                     start_writeback(job.fd, rng.start, rng.length)
                 self.journal.record(Done(rng.path, job.obj.etag, job.obj.size, rng.start,
                                          rng.length, checksum))

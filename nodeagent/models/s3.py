@@ -181,7 +181,8 @@ class S3Source:
                               f"bucket {loc.bucket!r} does not exist ({code})")
         if code in NOT_FOUND_CODES:
             return ModelError(self.model, self.url, "not_found",
-                              f"object s3://{loc.bucket}/{loc.key} does not exist ({code})")
+                              f"object s3://{loc.bucket}/{loc.key} does not exist ({code}); "
+                              "a prefix source ends with '/'")
         if code in ("PreconditionFailed", "412"):
             return ModelError(self.model, self.url, "source_changed",
                               "an object changed while it was downloaded: the next sync "
