@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -194,8 +195,15 @@ def test_an_object_changing_mid_download_fails_cleanly(s3, proxy: ThrottleProxy,
                                                        tmp_path: Path) -> None:
     put_multipart(s3, "moving/w.bin", data(20 * MiB, 8), tmp_path)
     proxy.inject(pause(after_bytes=MiB, seconds=1.0), times=None)
-    overwrite = threading.Timer(0.4, lambda: s3.put_object(
-        Bucket=BUCKET, Key="moving/w.bin", Body=b"new"))
+
+    def overwrite_once_the_first_range_is_asked_for() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and ("GET", "/models/moving/w.bin") not in (
+                proxy.requests()):
+            time.sleep(0.01)
+        s3.put_object(Bucket=BUCKET, Key="moving/w.bin", Body=b"new")
+
+    overwrite = threading.Thread(target=overwrite_once_the_first_range_is_asked_for)
     overwrite.start()
     result = sync([ModelSpec("moving", f"s3://{BUCKET}/moving/")],
                   SyncOptions(cache_dir=str(tmp_path / "cache"), concurrency=1,
