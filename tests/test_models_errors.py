@@ -10,9 +10,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from models_fixtures import ACCESS_KEY, BUCKET, SECRET_KEY, aws_env, moto, proxy, s3
 from moto import settings as moto_settings
 from prometheus_client import generate_latest
+from support.models_fixtures import ACCESS_KEY, BUCKET, SECRET_KEY, aws_env, moto, proxy, s3
 
 from nodeagent import metrics
 from nodeagent.log import JsonFormatter

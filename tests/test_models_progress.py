@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
+from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
 
 from nodeagent import metrics
 from nodeagent.log import JsonFormatter

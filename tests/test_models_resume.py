@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
+from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
 
 from nodeagent.models import ModelSpec, SyncOptions, sync
 from nodeagent.sandbox.throttle import ThrottleProxy

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from loopfs import loop_xfs
-from models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, s3
+from support.loopfs import loop_xfs
+from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, s3
 
 from nodeagent.models import ModelSpec, SyncOptions, sync
 from nodeagent.models.evict import CachedModel, plan_eviction

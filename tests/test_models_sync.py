@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from models_fixtures import (
+from support.models_fixtures import (
     BUCKET,
     MiB,
     aws_env,

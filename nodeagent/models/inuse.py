@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from nodeagent.disks.mountinfo import parse_mountinfo
+from nodeagent.hostfacts.mountinfo import parse_mountinfo
 
 
 def tree_inodes(tree: Path) -> set[tuple[int, int]]:

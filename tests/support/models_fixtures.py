@@ -12,10 +12,10 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_servers import MotoServer
 from boto3.s3.transfer import TransferConfig
 
 from nodeagent.sandbox.throttle import ThrottleProxy
+from support.aws_servers import MotoServer
 
 MiB = 2**20
 BUCKET = "models"
