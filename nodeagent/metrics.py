@@ -5,7 +5,8 @@ tests and embedding stay clean). Labels are bounded: no per-image or per-node la
 image's own status goes to the Node/HotImageSet status, not to metrics.
 
 ``serve(port, health)`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on one port
-from a daemon thread; the agent and ``nodeagent prewarm --metrics-port`` both use it.
+from a daemon thread (``metrics_http``); the agent and ``nodeagent prewarm
+--metrics-port`` both use it.
 
 Other concerns append their own metrics below, each in a delimited block.
 """
@@ -13,22 +14,15 @@ Other concerns append their own metrics below, each in a delimited block.
 from __future__ import annotations
 
 import platform
-import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from nodeagent import __version__
+from nodeagent.metrics_http import HealthState, MetricsServer, serve
+
+__all__ = ["REGISTRY", "HealthState", "MetricsServer", "generate_latest", "serve"]  # + metrics
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -84,6 +78,31 @@ PREWARM_LAST_RECONCILE = Gauge(
     "nodeagent_prewarm_last_reconcile_timestamp_seconds",
     "Unix time of the last completed reconcile pass", registry=REGISTRY,
 )
+# How images were pulled: nodeagent's fast path or CRI PullImage (prewarm/pullpath.py).
+PULL_PATHS = ("fast", "cri")
+FALLBACK_REASONS = (
+    "snapshotter",  # CRI unpacks with another snapshotter than overlayfs
+    "not_reachable",  # containerd's directories are not reachable from nodeagent
+    "user_namespace",
+    "staging",  # no staging space beside containerd's stores
+    "busy",  # another nodeagent process holds the fast path
+    "containerd_config",  # containerd's configuration could not be read
+    "media_type",  # the image has layers the fast path does not unpack
+    "other",
+)
+PREWARM_PULLS = Counter(
+    "nodeagent_prewarm_pulls", "Successful prewarm pulls by the path taken", ["path"],
+    registry=REGISTRY,
+)
+PREWARM_PULL_FALLBACKS = Counter(
+    "nodeagent_prewarm_pull_fallbacks",
+    "Images pulled through CRI because the fast path could not take them, by reason",
+    ["reason"], registry=REGISTRY,
+)
+PREWARM_UNPACKED_BYTES = Counter(
+    "nodeagent_prewarm_unpacked_bytes",
+    "Uncompressed layer bytes the fast path wrote into snapshots", registry=REGISTRY,
+)
 IMAGE_FS_USED = Gauge(
     "nodeagent_image_fs_used_bytes",
     "Used bytes of the image filesystem (statvfs, as kubelet counts)", registry=REGISTRY,
@@ -100,6 +119,16 @@ for _state in IMAGE_STATES:
     PREWARM_IMAGES.labels(state=_state)
 for _reason in FAILURE_REASONS:
     PREWARM_PULL_FAILURES.labels(reason=_reason)
+
+
+for _path in PULL_PATHS:
+    PREWARM_PULLS.labels(path=_path)
+for _reason in FALLBACK_REASONS:
+    PREWARM_PULL_FALLBACKS.labels(reason=_reason)
+
+
+def fallback_reason(reason: str | None) -> str:
+    return reason if reason in FALLBACK_REASONS else "other"
 
 
 def failure_reason(reason: str | None) -> str:
@@ -299,97 +328,3 @@ MODELS_EVICTED_BYTES = Counter(
 for _reason in MODEL_FAILURE_REASONS:
     MODELS_FAILURES.labels(reason=_reason)
 # ------------------------------------------------------------------ end models
-
-
-class HealthState:
-    """Liveness and readiness, shared between the worker code and the HTTP thread.
-
-    Live unless ``set_live(False, why)`` was called or, with ``heartbeat_timeout_s``,
-    no ``beat()`` came for that long (a wedged event loop). Ready once
-    ``set_ready(True)``.
-    """
-
-    def __init__(self, heartbeat_timeout_s: float | None = None):
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self._lock = threading.Lock()
-        self._live, self._live_reason = True, "ok"
-        self._ready, self._ready_reason = False, "starting"
-        self._last_beat = time.monotonic()
-
-    def beat(self) -> None:
-        with self._lock:
-            self._last_beat = time.monotonic()
-
-    def set_live(self, live: bool, reason: str = "ok") -> None:
-        with self._lock:
-            self._live, self._live_reason = live, reason
-
-    def set_ready(self, ready: bool, reason: str = "ok") -> None:
-        with self._lock:
-            self._ready, self._ready_reason = ready, reason
-
-    def live(self) -> tuple[bool, str]:
-        with self._lock:
-            if not self._live:
-                return False, self._live_reason
-            age = time.monotonic() - self._last_beat
-            if self.heartbeat_timeout_s is not None and age > self.heartbeat_timeout_s:
-                return False, f"no heartbeat for {age:.0f}s"
-            return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        with self._lock:
-            return self._ready, self._ready_reason
-
-
-class MetricsServer:
-    """A running /metrics, /healthz, /readyz server; ``port`` is the bound port."""
-
-    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread):
-        self._httpd = httpd
-        self._thread = thread
-        self.port: int = httpd.server_address[1]
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-
-def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -> MetricsServer:
-    """Serve metrics and health on ``host:port`` (port 0 picks a free one) in a thread.
-
-    Without ``health`` both probes answer 200 while the process runs.
-    """
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/livez"):
-                self._probe(health.live() if health else (True, "ok"))
-            elif path == "/readyz":
-                self._probe(health.ready() if health else (True, "ok"))
-            else:
-                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
-
-        def _probe(self, result: tuple[bool, str]) -> None:
-            ok, reason = result
-            self._send(200 if ok else 503, f"{reason}\n".encode())
-
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Silent: scrapes every few seconds would flood the log."""
-
-    httpd = ThreadingHTTPServer((host, port), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return MetricsServer(httpd, thread)

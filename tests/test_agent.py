@@ -294,7 +294,8 @@ async def test_sigterm_mid_pull_exits_cleanly(api, containerd, registry, image_p
         status, body = _http(port, "/metrics")
         assert status == 200 and b"nodeagent_agent_hotimagesets" in body
         assert b"nodeagent_disks_arrays 0.0" in body  # disks status, always exported
-        await eventually(client.list_ingests, what="download in flight")
+        # Bytes on the wire: a download in flight, whichever pull path took it.
+        await eventually(lambda: proxy.sent > (1 << 20), what="download in flight")
         assert await client.image_status(ref) is None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -305,6 +306,7 @@ async def test_sigterm_mid_pull_exits_cleanly(api, containerd, registry, image_p
         await asyncio.sleep(1.5)
         assert proxy.sent == sent, "containerd kept downloading after the agent stopped"
         assert await client.list_ingests() == []  # no in-flight (or orphaned) ingest left
+        assert containerd.ctr("leases", "ls").splitlines()[1:] == []  # nor a pull's lease
         assert await client.image_status(ref) is None  # not half-pulled into an image
         records = [r for r in await client.list_image_records()
                    if r.target_digest == image.digest]

@@ -192,9 +192,11 @@ _PULL_ADVICE = {
 }
 
 
-def pull_error_message(image: str, reason: str, details: str) -> str:
-    advice = _PULL_ADVICE[reason]
-    return f"pull of image {image} failed ({reason}): {advice}. containerd said: {details}"
+def pull_error_message(image: str, reason: str, details: str,
+                       said_by: str = "containerd") -> str:
+    """One wording for every failed pull, whichever path took it (``said_by``)."""
+    advice = _PULL_ADVICE.get(reason, _PULL_ADVICE["other"])
+    return f"pull of image {image} failed ({reason}): {advice}. {said_by} said: {details}"
 
 
 def socket_problem(path: str) -> str | None:

@@ -20,10 +20,16 @@ from nodeagent.credentials.commands import add_credential_arguments, credential_
 from nodeagent.errors import UsageError
 from nodeagent.prewarm.config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_FETCH_CHUNK_MIB,
+    DEFAULT_FETCH_CONNECTIONS,
+    DEFAULT_FETCH_CONNECTIONS_PER_BLOB,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STALL_TIMEOUT_S,
+    PULL_PATH_ENV,
+    PULL_PATHS,
     EngineConfig,
     PrewarmOptions,
+    default_pull_path,
 )
 from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
 
@@ -41,10 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_prewarm(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prewarm",
-        help="pull hot images into containerd (CRI), pin them against kubelet GC",
+        help="pull hot images into containerd, pin them against kubelet GC",
         description=(
-            "Pull the images of HotImageSet files into containerd through CRI, highest "
-            "priority first, with live progress; pin them so kubelet image GC keeps them; "
+            "Pull the images of HotImageSet files into containerd (nodeagent's fast pull "
+            "where the node allows it, else CRI PullImage), highest priority first, with "
+            "live progress; pin them so kubelet image GC keeps them; "
             "unpin images nodeagent pinned that are no longer listed. Exit 0 when every "
             "image is present, 1 otherwise (with a summary of what failed and why)."
         ),
@@ -116,6 +123,20 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, hosts_dir: str | None = 
                         "exists)")
     p.add_argument("--no-unpin", action="store_true",
                    help="do not unpin images nodeagent pinned that are no longer listed")
+    p.add_argument("--pull-path", default=None, metavar="|".join(PULL_PATHS),
+                   help="auto: nodeagent's fast pull where the node allows it, else CRI "
+                        "PullImage, per image; fast: only the fast pull; cri: only CRI "
+                        f"(env {PULL_PATH_ENV}; default auto)")
+    p.add_argument("--fetch-chunk-mib", type=int, default=DEFAULT_FETCH_CHUNK_MIB, metavar="N",
+                   help="fast pull: size of each HTTP range request, 1-1024 MiB (default "
+                        f"{DEFAULT_FETCH_CHUNK_MIB})")
+    p.add_argument("--fetch-connections-per-blob", type=int,
+                   default=DEFAULT_FETCH_CONNECTIONS_PER_BLOB, metavar="N",
+                   help="fast pull: range requests in flight for one blob, 1-64 (default "
+                        f"{DEFAULT_FETCH_CONNECTIONS_PER_BLOB})")
+    p.add_argument("--fetch-connections", type=int, default=DEFAULT_FETCH_CONNECTIONS,
+                   metavar="N", help="fast pull: connections to registries for the whole "
+                   f"node, 1-256 (default {DEFAULT_FETCH_CONNECTIONS})")
 
 
 def prewarm_options(args: argparse.Namespace, *, provider_optional: bool = False,
@@ -128,7 +149,11 @@ def prewarm_options(args: argparse.Namespace, *, provider_optional: bool = False
     config = EngineConfig(
         concurrency=args.concurrency, stall_timeout_s=args.stall_timeout,
         max_retries=args.max_retries, **high_water_override(args.high_water),
-        unpin_removed=not args.no_unpin, hosts_dir=hosts_dir, **engine,
+        unpin_removed=not args.no_unpin, hosts_dir=hosts_dir,
+        pull_path=(args.pull_path or default_pull_path()).strip().lower(),
+        fetch_chunk_mib=args.fetch_chunk_mib,
+        fetch_connections_per_blob=args.fetch_connections_per_blob,
+        fetch_connections=args.fetch_connections, **engine,
     )
     return PrewarmOptions(config, credential_options(args, provider_optional=provider_optional))
 

@@ -31,6 +31,17 @@ def default_concurrency(cpus: int | None = None) -> int:
 DEFAULT_CONCURRENCY = default_concurrency()
 DEFAULT_STALL_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 5
+PULL_PATHS = ("auto", "fast", "cri")
+PULL_PATH_ENV = "NODEAGENT_PULL_PATH"
+# Fast-pull fetch defaults, chosen with bench/pull_bench.py (README "Fast pull benchmark").
+DEFAULT_FETCH_CHUNK_MIB = 16
+DEFAULT_FETCH_CONNECTIONS_PER_BLOB = 8
+DEFAULT_FETCH_CONNECTIONS = 16
+
+
+def default_pull_path() -> str:
+    """auto, unless NODEAGENT_PULL_PATH says otherwise (checked by EngineConfig)."""
+    return os.environ.get(PULL_PATH_ENV, "").strip().lower() or "auto"
 
 
 @dataclass
@@ -50,8 +61,13 @@ class EngineConfig:
     resync_interval_s: float = 300.0  # watch mode: full reconcile at least this often
     hosts_dir: Path | None = None  # containerd hosts.toml dir, for manifest resolution
     host_root: str = ""  # where the host's / is mounted (agent in a container: /host)
+    pull_path: str = field(default_factory=default_pull_path)  # auto | fast | cri
+    fetch_chunk_mib: int = DEFAULT_FETCH_CHUNK_MIB  # fast path: bytes per range request
+    fetch_connections_per_blob: int = DEFAULT_FETCH_CONNECTIONS_PER_BLOB
+    fetch_connections: int = DEFAULT_FETCH_CONNECTIONS  # all blobs of all images together
 
     def __post_init__(self) -> None:
+        self._check_pull()
         if self.concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.stall_timeout_s <= 0:
@@ -62,6 +78,17 @@ class EngineConfig:
             raise UsageError(
                 f"high-water mark must be a percentage in (0, 100], got {self.high_water_percent}"
             )
+
+    def _check_pull(self) -> None:
+        if self.pull_path not in PULL_PATHS:
+            raise UsageError(f"pull path must be one of {', '.join(PULL_PATHS)} (--pull-path "
+                             f"or {PULL_PATH_ENV}), got {self.pull_path!r}")
+        for name, value, low, high in (
+                ("fetch chunk size (MiB)", self.fetch_chunk_mib, 1, 1024),
+                ("fetch connections per blob", self.fetch_connections_per_blob, 1, 64),
+                ("fetch connections", self.fetch_connections, 1, 256)):
+            if not low <= value <= high:
+                raise UsageError(f"{name} must be between {low} and {high}, got {value}")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ def image_line(state: ImageState, name_width: int) -> str:
             tail += "  unpacking"
         else:
             tail += f"  ETA {fmt_duration(state.eta_s)}"
+        if state.bytes_unpacked:
+            tail += f"  ({fmt_bytes(state.bytes_unpacked)} unpacked)"
         return head + f"{bar(fraction)} {tail}"
     if state.state == "present":
         pin = ", pinned" if state.pinned else ""
@@ -137,7 +139,7 @@ class LogReporter:
                 self._last[s.image] = now
                 log.info("pull progress", extra=fields(
                     image=s.image, phase=s.phase, bytes_done=s.bytes_done,
-                    bytes_total=s.bytes_total,
+                    bytes_total=s.bytes_total, bytes_unpacked=s.bytes_unpacked,
                     percent=None if s.percent is None else round(s.percent, 1),
                     mib_per_s=round(s.rate_bps / 2**20, 2),
                     eta_s=None if s.eta_s is None else round(s.eta_s),
@@ -150,7 +152,7 @@ class LogReporter:
         log.log(level, f"image {state.state}", extra=fields(
             image=state.image, state=state.state, reason=state.reason,
             message=state.message or None, digest=state.digest, pinned=state.pinned,
-            bytes_total=state.bytes_total, attempt=state.attempts,
+            bytes_total=state.bytes_total, attempt=state.attempts, path=state.pull_path,
             duration_s=None if state.duration_s is None else round(state.duration_s, 2)))
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ from nodeagent.prewarm.config import EngineConfig
 from nodeagent.prewarm.diskguard import DiskGuard
 from nodeagent.prewarm.prepare import Prepared, Preparer, SecretKeyringFactory
 from nodeagent.prewarm.progress import DOWNLOADING, IngestMonitor
+from nodeagent.prewarm.pullpath import PullPath
 from nodeagent.prewarm.reporting import ProgressTicker
 from nodeagent.prewarm.slots import PullSlots
 from nodeagent.prewarm.state import (
@@ -114,6 +115,7 @@ class PrewarmEngine:
         self.ticker = ProgressTicker(lambda: self._states, self.monitor, self.guard, reporter,
                                      config.poll_interval_s)
         self._slots = PullSlots(config.concurrency)
+        self.pull_path = PullPath(client, config)
         self._desired: list[DesiredImage] = []
         self._states: dict[str, ImageState] = {}
         self._pulls: dict[str, asyncio.Task[None]] = {}
@@ -131,12 +133,20 @@ class PrewarmEngine:
         if desired is not None:
             self._desired = list(desired)
         self._unpinned, self._removed = [], []
-        async with self.ticker.running():
-            await self._sync(retry_given_up=True)
-            while self._pulls:
-                await asyncio.gather(*self._pulls.values(), return_exceptions=True)
+        try:
+            async with self.ticker.running():
+                await self._sync(retry_given_up=True)
+                while self._pulls:
+                    await asyncio.gather(*self._pulls.values(), return_exceptions=True)
+        finally:
+            await self.close()  # a pass is self-contained: nothing kept for the next one
         self.ticker.publish()
         return PrewarmSummary(list(self.snapshot().values()), self._unpinned, self._removed)
+
+    async def close(self) -> None:
+        """Release what pulls keep between images (the fast path's connections, workers
+        and staging lock). reconcile() and run() do it when they end."""
+        await self.pull_path.close()
 
     def set_desired(self, desired: Sequence[DesiredImage]) -> None:
         """Replace the desired images (watch mode); run() reconciles promptly."""
@@ -178,6 +188,7 @@ class PrewarmEngine:
             for task in list(self._pulls.values()):
                 task.cancel()
             await asyncio.gather(events, *self._pulls.values(), return_exceptions=True)
+            await self.close()
             if self.reporter:
                 self.reporter.close()
 
@@ -330,10 +341,10 @@ class PrewarmEngine:
             return "disk_guard"
         state.phase = DOWNLOADING
         async with self.pull_gate(key) if self.pull_gate else contextlib.nullcontext():
-            image_id = await apply.pull_watched(self.client, image, auth, progress,
-                                                self.config.poll_interval_s,
-                                                self.config.stall_timeout_s)
+            image_id, path = await self.pull_path.pull(image, auth, progress)
         target = await apply.label_pulled(self.client, image, image_id, state.digest)
+        state.pull_path = path
+        metrics.PREWARM_PULLS.labels(path=path).inc()
         self._pulled(image, state, image_id, target)
         return None
 

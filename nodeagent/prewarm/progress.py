@@ -73,6 +73,7 @@ class ImageProgress:
         self._seen: dict[str, int] = {}  # unresolved: digest -> bytes seen (max)
         self._totals: dict[str, int] = {}  # unresolved: digest -> ingest total
         self._any_inflight = False
+        self.unpacked: int | None = None  # fast path only: bytes written into snapshots
 
     @property
     def total(self) -> int | None:
@@ -142,6 +143,17 @@ class ImageProgress:
         """No byte progress for ``timeout_s`` while still downloading (never while
         containerd unpacks: that has no byte progress and may legitimately take long)."""
         return self.phase == DOWNLOADING and now - self.last_progress > timeout_s
+
+    def advance(self, bytes_done: int, unpacked: int, now: float) -> None:
+        """Counters pushed by the fast path, which has no ingests to poll: compressed
+        bytes fetched, and uncompressed bytes written into snapshots."""
+        if bytes_done > self.bytes_done:
+            self.bytes_done = bytes_done
+            self.last_progress = now
+        self.unpacked = unpacked
+        self._samples.append((now, self.bytes_done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
+            self._samples.popleft()
 
     def reset_clock(self, now: float) -> None:
         """A new attempt starts: give it a full stall timeout."""

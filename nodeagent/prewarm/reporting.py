@@ -96,6 +96,7 @@ class ProgressTicker:
             state.bytes_total = progress.total
             state.rate_bps = progress.rate()
             state.eta_s = progress.eta()
+            state.bytes_unpacked = progress.unpacked
             if state.phase != "resolving":
                 state.phase = progress.phase
 

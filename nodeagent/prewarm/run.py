@@ -55,7 +55,10 @@ async def run_prewarm(run: PrewarmRun, desired: list[DesiredImage],
         async with ContainerdClient(run.containerd_address) as client:
             engine = PrewarmEngine(client, keyring, run.prewarm.engine, reporter)
             if not run.watch:
-                summary = await engine.reconcile(desired)
+                try:
+                    summary = await engine.reconcile(desired)
+                finally:
+                    await engine.close()
                 reporter.close()
                 health.set_ready(summary.ok, "all hot images present" if summary.ok
                                  else "some hot images missing")

@@ -36,6 +36,8 @@ class ImageState:
     phase: str | None = None  # while pulling: resolving | downloading | unpacking
     bytes_done: int = 0
     bytes_total: int | None = None  # None: manifest could not be resolved
+    bytes_unpacked: int | None = None  # fast path: uncompressed bytes written so far
+    pull_path: str | None = None  # how the last pull went: "fast" or "cri"
     rate_bps: float = 0.0
     eta_s: float | None = None
     attempts: int = 0
@@ -71,6 +73,8 @@ class ImageState:
             "phase": self.phase,
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
+            "bytes_unpacked": self.bytes_unpacked,
+            "pull_path": self.pull_path,
             "rate_bps": round(self.rate_bps, 1),
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
             "attempts": self.attempts,

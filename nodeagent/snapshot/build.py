@@ -26,7 +26,11 @@ async def prewarm_and_verify(address: str, config: EngineConfig, desired: list[D
     reporter = make_reporter(sys.stderr)
     try:
         async with ContainerdClient(address) as client:
-            summary = await PrewarmEngine(client, keyring, config, reporter).reconcile(desired)
+            engine = PrewarmEngine(client, keyring, config, reporter)
+            try:
+                summary = await engine.reconcile(desired)
+            finally:
+                await engine.close()
             reporter.close()
             print(summary.text(), file=sys.stderr)
             problems = present_and_pinned_problems(desired, await client.list_image_records())
