@@ -16,21 +16,19 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from nodeagent.containerd.store import ContainerdStore
 from nodeagent.pull import plan as p
 from nodeagent.pull.commit import commit_layer
 from nodeagent.pull.content import store_document, store_layer_blob, sync_file
-from nodeagent.pull.fetch import BlobSource
-from nodeagent.pull.sharing import StagedBlob
+from nodeagent.pull.fetch import BlobFetcher, BlobSource
+from nodeagent.pull.preconditions import FastPathSetup
+from nodeagent.pull.sharing import Sharing, StagedBlob
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
 from nodeagent.pull.watermark import Watermark
-from nodeagent.pull.workers import UnpackProgress
+from nodeagent.pull.workers import UnpackPool, UnpackProgress
 from nodeagent.registry.endpoints import registry_endpoints
 from nodeagent.registry.session import Request
-
-if TYPE_CHECKING:
-    from nodeagent.pull.puller import FastPuller
 
 
 @dataclass
@@ -55,12 +53,23 @@ class _Unpacked:
     staged: StagedBlob | None  # fetched into staging (else the store already had it)
 
 
+@dataclass(frozen=True)
+class PullTools:
+    """What every image's pull uses, kept by the FastPuller between images."""
+
+    store: ContainerdStore
+    setup: FastPathSetup
+    fetcher: BlobFetcher
+    pool: UnpackPool
+    sharing: Sharing
+
+
 class ImagePull:
-    def __init__(self, puller: FastPuller, plan: p.ImagePlan, request: Request, config: bytes,
+    def __init__(self, tools: PullTools, plan: p.ImagePlan, request: Request, config: bytes,
                  lease: str, progress: PullProgress) -> None:
-        self.puller, self.plan, self.request = puller, plan, request
+        self.tools, self.plan, self.request = tools, plan, request
         self.config, self.lease, self.progress = config, lease, progress
-        self.store, self.setup, self.sharing = puller.store, puller.setup, puller.sharing
+        self.store, self.setup, self.sharing = tools.store, tools.setup, tools.sharing
 
     async def run(self) -> None:
         snapshotter = self.setup.snapshotter
@@ -147,12 +156,12 @@ class ImagePull:
 
     def _fetcher(self, layer: p.LayerPlan):  # type: ignore[no-untyped-def]
         async def fetch(path: str, watermark: Watermark) -> None:
-            await self.puller.fetcher.fetch(self._source(layer), path, watermark, self._fetched)
+            await self.tools.fetcher.fetch(self._source(layer), path, watermark, self._fetched)
         return fetch
 
     async def _fetch_and_unpack(self, job: UnpackJob, staged: StagedBlob | None,
                                 progress: UnpackProgress) -> UnpackResult:
-        unpack = asyncio.create_task(self.puller.pool.unpack(job, progress))
+        unpack = asyncio.create_task(self.tools.pool.unpack(job, progress))
         try:
             if staged is not None:
                 fetch = asyncio.ensure_future(asyncio.shield(staged.fetch))

@@ -15,14 +15,16 @@ names it, and frees all of it when the last record goes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from nodeagent.pull.chain import chain_ids
 from nodeagent.registry.reference import ImageReference
 from nodeagent.registry.resolve import Document, ResolvedImage
+
+__all__ = ["chain_ids"]  # with the plan below; chain IDs are owned by pull/chain.py
 
 CRI_MANAGED_LABEL = "io.cri-containerd.image"
 SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
@@ -88,17 +90,6 @@ class ImagePlan:
         return self.layers[-1].chain_id if self.layers else ""
 
 
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain IDs: ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " +
-    DiffID(Ln))."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if chains:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append("sha256:" + hashlib.sha256(text).hexdigest())
-        else:
-            chains.append(diff_id)
-    return chains
 
 
 def plan_image(reference: ImageReference, resolved: ResolvedImage, config: bytes) -> ImagePlan:

@@ -27,7 +27,7 @@ from nodeagent.containerd.client import AuthConfig, ContainerdClient
 from nodeagent.containerd.store import ContainerdStore
 from nodeagent.pull import plan as p
 from nodeagent.pull.fetch import BlobFetcher, FetchOptions
-from nodeagent.pull.image_pull import ImagePull, PullProgress
+from nodeagent.pull.image_pull import ImagePull, PullProgress, PullTools
 from nodeagent.pull.preconditions import FastPathSetup
 from nodeagent.pull.sharing import Sharing
 from nodeagent.pull.workers import UnpackPool
@@ -60,6 +60,7 @@ class FastPuller:
             self.options.chunk_bytes, self.options.connections_per_blob))
         self.pool = UnpackPool(self.options.unpack_workers)
         self.sharing = Sharing(setup.staging)
+        self.tools = PullTools(self.store, setup, self.fetcher, self.pool, self.sharing)
 
     async def close(self) -> None:
         await self.session.close()
@@ -83,7 +84,7 @@ class FastPuller:
         plan = p.plan_image(reference, resolved, config)
         lease = await self._lease(plan)
         try:
-            await ImagePull(self, plan, request, config, lease, progress).run()
+            await ImagePull(self.tools, plan, request, config, lease, progress).run()
         finally:
             # Success: the image records now hold everything. Failure: whatever this
             # attempt committed goes with the lease (staged blobs stay for the retry).

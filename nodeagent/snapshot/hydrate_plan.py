@@ -9,7 +9,6 @@ reads, base layer first) before its blobs, every file once (shared layers, hard 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nodeagent.errors import NodeagentError
+from nodeagent.pull.chain import chain_ids
 from nodeagent.snapshot.hydrate_read import HydrateError, ReadItem
 
 if TYPE_CHECKING:
@@ -77,17 +77,6 @@ def plan_reads(images: Sequence[ImageFiles],
         add(image.blobs, image.image, "blob")
     return plan
 
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """OCI ChainIDs: chain(L0) = diff(L0); chain(Ln) = sha256(chain(Ln-1) + " " + diff(Ln))."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-            continue
-        text = f"{chains[-1]} {diff_id}".encode()
-        chains.append("sha256:" + hashlib.sha256(text).hexdigest())
-    return chains
 
 
 def host_platform() -> tuple[str, str]:
