@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from nodeagent.log import fields
 from nodeagent.pull.watermark import Watermark
 from nodeagent.registry.endpoints import Endpoint
 from nodeagent.registry.errors import RegistryError, most_useful
@@ -28,7 +30,9 @@ from nodeagent.registry.session import RegistrySession, Request
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_CONNECTIONS = 8
+log = logging.getLogger(__name__)
 _READ_BYTES = 1 << 20
+_LOG_EVERY = 256 << 10  # a chunk in flight records its progress this often (resume)
 _CHUNK_ATTEMPTS = 3
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -108,6 +112,7 @@ class BlobFetcher:
         for index in pending:
             start, end = chunks.bounds(index)
             for attempt in range(_CHUNK_ATTEMPTS):
+                start = chunks.bounds(index)[0] + chunks.written(index)  # resume in the chunk
                 try:
                     await self._range(endpoint, url, source, fd, start, end, chunks, index,
                                       watermark, on_bytes)
@@ -123,18 +128,19 @@ class BlobFetcher:
                      start: int, end: int, chunks: _ChunkLog, index: int,
                      watermark: Watermark, on_bytes: Callable[[int], None]) -> None:
         headers = {"Range": f"bytes={start}-{end - 1}"}
+        log.debug("range request", extra=fields(blob=source.digest, start=start, end=end,
+                                                host=endpoint.host))
         async with self.session.open(endpoint, url, source.request, headers) as response:
             if response.status == 200 and (start, end) != (0, source.size):
                 raise _NoRanges()
             _check_range(response, start, end, source, endpoint)
             offset = start
-            chunks.progress(index, 0)
             async for data in _body(response, source, endpoint):
                 if offset + len(data) > end:
                     raise RegistryError(f"{source.request.subject}: {endpoint.host} sent more "
                                         f"than the range asked for blob {source.digest}")
                 offset += os.pwrite(fd, data, offset)
-                chunks.progress(index, offset - start)
+                chunks.progress(index, offset - chunks.bounds(index)[0])
                 watermark.advance(chunks.prefix())
                 on_bytes(len(data))
         if offset != end:
@@ -180,7 +186,10 @@ def _check_range(response: aiohttp.ClientResponse, start: int, end: int,
 
 
 class _ChunkLog:
-    """Which chunks of a staged blob are complete (sidecar file ``<path>.chunks``)."""
+    """What of a staged blob is written (sidecar file ``<path>.chunks``): a line "<index>"
+    per complete chunk, "<index>:<bytes>" as a chunk in flight passes each 256 KiB. Data is
+    written before its line, so after a crash (not a power loss; the digest check catches
+    that) a chunk resumes where it stopped."""
 
     def __init__(self, path: str, size: int, chunk_bytes: int) -> None:
         self.size, self.chunk_bytes = size, chunk_bytes
@@ -188,10 +197,11 @@ class _ChunkLog:
         self.path = path + ".chunks"
         header = f"nodeagent-chunks size={size} chunk={chunk_bytes}\n"
         self._done: set[int] = set()
-        self._partial: dict[int, int] = {}
+        self._partial: dict[int, int] = {}  # chunk -> bytes written from its start
+        self._logged: dict[int, int] = {}
         lines = _read_lines(self.path)
         if lines and lines[0] == header.strip():
-            self._done = {int(x) for x in lines[1:] if x.isdigit() and int(x) < self.count}
+            self._load(lines[1:])
             self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115
         else:
             self._file = open(self.path, "w", encoding="ascii")  # noqa: SIM115
@@ -208,8 +218,30 @@ class _ChunkLog:
     def missing_count(self) -> int:
         return self.count - len(self._done)
 
+    def _load(self, lines: list[str]) -> None:
+        for line in lines:
+            index, _, written = line.partition(":")
+            if not index.isdigit() or int(index) >= self.count:
+                continue
+            if not written:
+                self._done.add(int(index))
+            elif written.isdigit():
+                start, end = self.bounds(int(index))
+                self._partial[int(index)] = min(end - start, max(
+                    self._partial.get(int(index), 0), int(written)))
+        for index in self._done:
+            self._partial.pop(index, None)
+        self._logged = dict(self._partial)
+
+    def written(self, index: int) -> int:
+        return self._partial.get(index, 0)
+
     def progress(self, index: int, written: int) -> None:
         self._partial[index] = written
+        if written - self._logged.get(index, 0) >= _LOG_EVERY:
+            self._logged[index] = written
+            self._file.write(f"{index}:{written}\n")
+            self._file.flush()
 
     def done(self, index: int) -> None:
         self._done.add(index)

@@ -63,14 +63,16 @@ class Staging:
             self._lock_fd = None
 
     def _clean(self) -> None:
-        """Remove what a dead run left: every unpack dir, blobs untouched for a day."""
+        """Remove what a dead run left: every unpack dir and progress file, blobs (and
+        their chunk logs) untouched for a day."""
         for name in _names(self.unpack_dir):
             shutil.rmtree(os.path.join(self.unpack_dir, name), ignore_errors=True)
         now = time.time()
         for name in _names(self.blob_dir):
             path = os.path.join(self.blob_dir, name)
+            transient = name.endswith((".progress", ".watermark"))
             with contextlib.suppress(OSError):
-                if now - os.stat(path).st_mtime > STALE_BLOB_S:
+                if transient or now - os.stat(path).st_mtime > STALE_BLOB_S:
                     os.unlink(path)
 
     def blob(self, digest: str) -> str:
