@@ -13,7 +13,11 @@ agent talks to it through lightkube exactly as it would to a cluster:
 - ``?watch=true&resourceVersion=N`` chunked streams of ``{"type": ..., "object": ...}``
   lines (ADDED, MODIFIED, DELETED, BOOKMARK with ``allowWatchBookmarks``, ERROR), synthetic
   ADDED events for a watch without a resourceVersion, ``timeoutSeconds`` expiry,
-  ``fieldSelector`` (metadata.name / metadata.namespace) and equality ``labelSelector``;
+  ``fieldSelector`` (metadata.name / metadata.namespace) and ``labelSelector`` (equality
+  and set-based: ``in``, ``notin``, ``key``, ``!key``);
+- many concurrent watches cheaply: a write is routed to the watches whose selector
+  matches it and encoded once (like the API server's watch cache), so a thousand
+  watchers cost nothing while nothing changes;
 - ``410 Gone`` when a resourceVersion is older than the compacted history: as an ERROR
   event carrying a Status with code 410 on a watch (or an HTTP 410, by switch), and as an
   HTTP 410 on a list from a stale resourceVersion;
@@ -29,11 +33,13 @@ Tests control it from the outside: ``stop()``/``start()`` (the API server goes a
 comes back on the same port), ``drop_connections()`` (connections cut mid-stream),
 ``compact()`` (history dropped: watches from older versions get 410), ``fail()`` (inject
 an error status), request ``hooks`` (run just before a request is handled, e.g. to make
-a concurrent change), and ``requests`` (every call made, for the RBAC test).
+a concurrent change), and ``requests`` (every call made, with its time and answer, for
+the RBAC test and for request counts: ``counts()``).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import json
@@ -42,6 +48,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +109,7 @@ class Request:
     body: Any = None
     user_agent: str = ""
     status: int = 0
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 class ApiFailure(Exception):
@@ -137,6 +145,13 @@ class _Event:
     kind: Kind
     type: str
     obj: dict
+    _line: bytes | None = None
+
+    def line(self) -> bytes:
+        """The event as one watch-stream line, encoded once for every watcher."""
+        if self._line is None:
+            self._line = json.dumps({"type": self.type, "object": self.obj}).encode() + b"\n"
+        return self._line
 
 
 @dataclass
@@ -148,24 +163,56 @@ class _Failure:
     times: int
 
 
+class _Watcher:
+    """One open watch: the store appends matching events; its thread waits on ``wake``."""
+
+    def __init__(self, store: Store, kind: Kind, namespace: str, selector: Selector) -> None:
+        self.kind, self.namespace, self.selector = kind, namespace, selector
+        self.pending: deque[_Event] = deque()
+        self.wake = threading.Condition(store.lock)
+
+    def wants(self, event: _Event) -> bool:
+        if self.namespace and event.obj["metadata"].get("namespace", "") != self.namespace:
+            return False
+        return self.selector.matches(event.obj)
+
+
 class Store:
-    """Objects + history of changes, guarded by one condition variable (watchers wait)."""
+    """Objects + history of changes, guarded by one lock; watchers are woken by routing."""
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.objects: dict[tuple[Kind, str, str], dict] = {}
         self.history: list[_Event] = []
+        self.history_rvs: list[int] = []
         self.rv = 100
         self.compacted_rv = 100
         self.max_history = 10_000
+        self.watchers: dict[Kind, set[_Watcher]] = {}
 
     def _record(self, kind: Kind, event_type: str, obj: dict) -> None:
-        self.history.append(_Event(self.rv, kind, event_type, copy.deepcopy(obj)))
+        event = _Event(self.rv, kind, event_type, copy.deepcopy(obj))
+        self.history.append(event)
+        self.history_rvs.append(event.rv)
         if len(self.history) > self.max_history:
-            dropped = self.history[: len(self.history) - self.max_history]
-            self.history = self.history[len(dropped) :]
-            self.compacted_rv = dropped[-1].rv
-        self.lock.notify_all()
+            cut = len(self.history) - self.max_history
+            self.compacted_rv = self.history[cut - 1].rv
+            del self.history[:cut]
+            del self.history_rvs[:cut]
+        for watcher in self.watchers.get(kind, ()):
+            if watcher.wants(event):
+                watcher.pending.append(event)
+                watcher.wake.notify()
+
+    def events_after(self, kind: Kind, rv: int) -> list[_Event]:
+        """Recorded events of ``kind`` newer than ``rv`` (a watch resuming from it)."""
+        start = bisect.bisect_right(self.history_rvs, rv)
+        return [ev for ev in self.history[start:] if ev.kind == kind]
+
+    def wake_all(self) -> None:
+        for watchers in self.watchers.values():
+            for watcher in watchers:
+                watcher.wake.notify()
 
     def write(self, kind: Kind, obj: dict, event_type: str) -> dict:
         """Store ``obj`` at a new resourceVersion; record the event. Caller holds lock."""
@@ -192,6 +239,7 @@ class Store:
         with self.lock:
             self.compacted_rv = self.rv
             self.history.clear()
+            self.history_rvs.clear()
 
 
 class KubeApiDouble:
@@ -220,7 +268,7 @@ class KubeApiDouble:
 
     def start(self) -> KubeApiDouble:
         handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = _Server(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -240,7 +288,7 @@ class KubeApiDouble:
         """Cut every open connection without a clean end (like a crashed server/LB)."""
         with self.store.lock:
             self._generation += 1
-            self.store.lock.notify_all()
+            self.store.wake_all()
         with self._conn_lock:
             conns = list(self._connections)
         for conn in conns:
@@ -283,6 +331,10 @@ class KubeApiDouble:
             and (resource is None or r.resource == resource)
             and (subresource is None or r.subresource == subresource)
         ]
+
+    def counts(self, since: float = 0.0) -> Counter[tuple[str, str]]:
+        """Requests per (verb, resource) that arrived at or after ``since`` (monotonic)."""
+        return Counter((r.verb, r.resource) for r in list(self.requests) if r.at >= since)
 
     def kind(self, plural: str, group: str = "") -> Kind:
         return next(k for k in KINDS if k.plural == plural and k.group == group)
@@ -421,7 +473,8 @@ class KubeApiDouble:
         if rv not in ("", "0") and int(rv) < self.store.compacted_rv:
             raise ApiFailure(410, "Expired", f"too old resource version: {rv} "
                              f"({self.store.compacted_rv})")
-        items = [o for o in self.store.items(kind, req.namespace) if _selected(o, req.params)]
+        selector = Selector.parse(req.params)
+        items = [o for o in self.store.items(kind, req.namespace) if selector.matches(o)]
         return {
             "kind": f"{kind.kind}List",
             "apiVersion": kind.api_version,
@@ -429,62 +482,59 @@ class KubeApiDouble:
             "items": items,
         }
 
-    def watch_events(self, req: Request, kind: Kind) -> Iterator[dict | None]:
-        """Yield watch events (dicts), or None when idle; ends at timeoutSeconds."""
+    def watch_events(self, req: Request, kind: Kind) -> Iterator[dict | _Event | None]:
+        """Yield watch events (dicts or recorded events), None when idle; ends at
+        timeoutSeconds. Writes are routed to this watch by the store (no scanning)."""
         timeout = float(req.params.get("timeoutSeconds") or 1800)
         deadline = time.monotonic() + timeout
         bookmarks = req.params.get("allowWatchBookmarks") == "true"
         rv_param = req.params.get("resourceVersion", "")
+        selector = Selector.parse(req.params)
+        watcher = _Watcher(self.store, kind, req.namespace, selector)
         with self.store.lock:
             generation = self._generation
             if rv_param in ("", "0"):
-                pending = [{"type": "ADDED", "object": o}
-                           for o in self.store.items(kind, req.namespace)
-                           if _selected(o, req.params)]
-                position = self.store.rv
+                first: list[dict | _Event] = [
+                    {"type": "ADDED", "object": o}
+                    for o in self.store.items(kind, req.namespace) if selector.matches(o)]
             elif int(rv_param) < self.store.compacted_rv:
                 gone = status_body(410, "Expired", f"too old resource version: {rv_param} "
                                    f"({self.store.compacted_rv})")
                 yield {"type": "ERROR", "object": gone}
                 return
             else:
-                pending, position = [], int(rv_param)
-        last_bookmark = time.monotonic()
-        while True:
-            yield from pending
-            with self.store.lock:
-                if self._generation != generation:
-                    raise ConnectionAbortedError("connections dropped")
-                pending, position = self._events_after(kind, req, position)
-                if not pending:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    self.store.lock.wait(min(remaining, 0.2))
-                    pending, position = self._events_after(kind, req, position)
+                first = [ev for ev in self.store.events_after(kind, int(rv_param))
+                         if watcher.wants(ev)]
+            self.store.watchers.setdefault(kind, set()).add(watcher)
+        try:
+            yield from first
+            yield None  # flush: the initial events go out together
+            last_bookmark = time.monotonic()
+            while True:
+                with self.store.lock:
                     if self._generation != generation:
                         raise ConnectionAbortedError("connections dropped")
-                if bookmarks and not pending \
-                        and time.monotonic() - last_bookmark >= self.bookmark_interval_s:
-                    last_bookmark = time.monotonic()
-                    pending = [{"type": "BOOKMARK", "object": {
-                        "kind": kind.kind, "apiVersion": kind.api_version,
-                        "metadata": {"resourceVersion": str(self.store.rv)}}}]
-                    position = self.store.rv
-            if not pending:
-                yield None
-
-    def _events_after(self, kind: Kind, req: Request, position: int) -> tuple[list[dict], int]:
-        out = []
-        for ev in self.store.history:
-            if ev.rv <= position or ev.kind != kind:
-                continue
-            ns = ev.obj["metadata"].get("namespace", "")
-            if req.namespace and ns != req.namespace:
-                continue
-            if _selected(ev.obj, req.params):
-                out.append({"type": ev.type, "object": copy.deepcopy(ev.obj)})
-        return out, self.store.rv
+                    if not watcher.pending:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        watcher.wake.wait(min(remaining, self.bookmark_interval_s
+                                              if bookmarks else 5.0))
+                        if self._generation != generation:
+                            raise ConnectionAbortedError("connections dropped")
+                    batch = list(watcher.pending)
+                    watcher.pending.clear()
+                    if bookmarks and not batch \
+                            and time.monotonic() - last_bookmark >= self.bookmark_interval_s:
+                        last_bookmark = time.monotonic()
+                        batch = [{"type": "BOOKMARK", "object": {
+                            "kind": kind.kind, "apiVersion": kind.api_version,
+                            "metadata": {"resourceVersion": str(self.store.rv)}}}]
+                yield from batch
+                yield None  # flush what came together
+        finally:
+            with self.store.lock:
+                self.store.watchers.get(kind, set()).discard(watcher)
 
 
 def _without_rv(obj: dict) -> dict:
@@ -505,30 +555,87 @@ def _check_precondition(kind: Kind, name: str, current: dict, new: dict) -> None
         )
 
 
+@dataclass(frozen=True)
+class _Requirement:
+    key: str
+    op: str  # "=", "!=", "in", "notin", "exists", "!"
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: dict) -> bool:
+        present, value = self.key in labels, labels.get(self.key)
+        if self.op == "=":
+            return value in self.values
+        if self.op == "!=":
+            return value not in self.values
+        if self.op == "in":
+            return present and value in self.values
+        if self.op == "notin":
+            return not present or value not in self.values
+        if self.op == "exists":
+            return present
+        return not present  # "!"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A watch/list's fieldSelector and labelSelector, parsed once."""
+
+    fields: tuple[tuple[str, str], ...] = ()
+    labels: tuple[_Requirement, ...] = ()
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> Selector:
+        fields = []
+        for term in filter(None, params.get("fieldSelector", "").split(",")):
+            key, _, value = term.partition("=")
+            if key not in ("metadata.name", "metadata.namespace"):
+                raise ApiFailure(400, "BadRequest", f'field label not supported: "{key}"')
+            fields.append((key, value.lstrip("=")))
+        return cls(tuple(fields), tuple(_label_requirements(params.get("labelSelector", ""))))
+
+    def matches(self, obj: dict) -> bool:
+        meta = obj.get("metadata", {})
+        for key, value in self.fields:
+            if meta.get(key.split(".", 1)[1], "") != value:
+                return False
+        labels = meta.get("labels") or {}
+        return all(req.matches(labels) for req in self.labels)
+
+
+_SET_TERM = re.compile(r"^\s*(\S+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+
+
+def _label_requirements(text: str) -> Iterator[_Requirement]:
+    """Parse a labelSelector (commas inside ``in (...)`` sets do not split terms)."""
+    depth, term = 0, ""
+    terms = []
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            terms.append(term)
+            term = ""
+        else:
+            term += ch
+    terms.append(term)
+    for raw in filter(None, (t.strip() for t in terms)):
+        if match := _SET_TERM.match(raw):
+            values = frozenset(v.strip() for v in match.group(3).split(",") if v.strip())
+            yield _Requirement(match.group(1), match.group(2), values)
+        elif "!=" in raw:
+            key, value = raw.split("!=", 1)
+            yield _Requirement(key.strip(), "!=", frozenset([value.strip()]))
+        elif "=" in raw:
+            key, value = raw.split("=", 1)
+            yield _Requirement(key.strip(), "=", frozenset([value.lstrip("=").strip()]))
+        elif raw.startswith("!"):
+            yield _Requirement(raw[1:].strip(), "!")
+        else:
+            yield _Requirement(raw, "exists")
+
+
 def _selected(obj: dict, params: dict[str, str]) -> bool:
-    meta = obj.get("metadata", {})
-    for term in filter(None, params.get("fieldSelector", "").split(",")):
-        key, _, value = term.partition("=")
-        value = value.lstrip("=")
-        actual = {"metadata.name": meta.get("name", ""),
-                  "metadata.namespace": meta.get("namespace", "")}.get(key)
-        if actual is None:
-            raise ApiFailure(400, "BadRequest", f'field label not supported: "{key}"')
-        if actual != value:
-            return False
-    labels = meta.get("labels") or {}
-    for term in filter(None, params.get("labelSelector", "").split(",")):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.split("=", 1)
-            if labels.get(key) != value.lstrip("="):
-                return False
-        elif labels.get(term) is None:
-            return False
-    return True
+    return Selector.parse(params).matches(obj)
 
 
 # -- patches ------------------------------------------------------------------------------
@@ -799,6 +906,11 @@ def _check_array(schema: dict, value: list, path: str, out: list) -> None:
 # -- HTTP ---------------------------------------------------------------------------------
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # a thousand simulated nodes connect at once
+    daemon_threads = True
+
+
 class _Handler(BaseHTTPRequestHandler):
     api: KubeApiDouble
     protocol_version = "HTTP/1.1"
@@ -909,7 +1021,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream_watch(self, req: Request, kind: Kind) -> None:
         events = self.api.watch_events(req, kind)
         first = next(events, None)
-        if self.api.watch_gone_as_http and first and first["type"] == "ERROR":
+        if self.api.watch_gone_as_http and isinstance(first, dict) and first["type"] == "ERROR":
             obj = first["object"]
             req.status = obj["code"]
             self._send_json(obj["code"], obj)
@@ -920,20 +1032,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            if first is not None:
-                self._chunk(json.dumps(first).encode() + b"\n")
+            lines: list[bytes] = [_encode(first)] if first is not None else []
             for event in events:
                 if event is not None:
-                    self._chunk(json.dumps(event).encode() + b"\n")
+                    lines.append(_encode(event))
+                    if len(lines) < 64:
+                        continue  # events that came together go out in one chunk
+                if lines:
+                    self._chunk(b"".join(lines))
+                    lines = []
+            if lines:
+                self._chunk(b"".join(lines))
             self._chunk(b"")  # clean end of stream (timeoutSeconds reached)
         except (ConnectionAbortedError, OSError):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+        finally:
+            events.close()
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def _encode(event: dict | _Event) -> bytes:
+    return event.line() if isinstance(event, _Event) else json.dumps(event).encode() + b"\n"
 
 
 def _verb(method: str, named: bool, watch: bool) -> str:
