@@ -1,238 +1,330 @@
-"""Cluster-wide rollout limit: at most N nodes pull the same image at once (Lease semaphore).
+"""Cluster-wide rollout limit: at most N nodes pull the same image at once (Lease queue).
 
-For each image there are N slot Leases in one namespace, named
-``nodeagent-<hash(image)>-<slot>``. A node takes a slot by creating the Lease, or by
-updating one that is free (no holder) or expired, with the resourceVersion it read, so
-of two nodes racing for a slot exactly one wins (the other gets 409 and tries another
-slot or waits). The holder renews the Lease while it pulls and clears the holder when
-done. A holder that died stops renewing; its Lease is considered expired when its
-resourceVersion has not changed for ``leaseDurationSeconds`` as observed by the waiting
-node's own clock (like client-go's leader election, so clock skew between nodes does not
-matter), and the slot is taken over.
+``RolloutLimiter.gate(image)`` is the engine's pull gate. A node that needs the image
+takes a ticket (a Lease) and waits, watching only its ticket and the image's coordinator
+Lease, until the coordinator grants it a slot; it renews the ticket every third of the
+lease duration while it pulls and deletes it when done. One of the waiting nodes is the
+coordinator (rollout_coordinator); if there is none, or it stopped renewing, a waiting
+node takes the role over after a random delay (so a thousand waiters do not all try).
+The protocol and its decisions are in rollout_plan. An idle node makes no API call here.
 
-Waiting nodes poll with one LIST per image (label selector), jittered, so a 500-node
-scale-up costs the API server a few cheap requests per second, not a thundering herd.
+With ``mirrored=True`` (containerd has a mirror for the image's registry) only the first
+``seed_wave`` nodes wait for a slot; once they have the image the others pull at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import copy
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from nodeagent import metrics
+from nodeagent.kube import rollout_leases as rl
+from nodeagent.kube import rollout_plan as rp
+from nodeagent.kube.lease_watch import LeaseWatch
+from nodeagent.kube.rollout_coordinator import QueueCoordinator
+from nodeagent.kube.watch import Backoff, WatchTiming, describe_error
 from nodeagent.log import fields
 
 log = logging.getLogger(__name__)
 
-HASH_LABEL = "nodeagent.io/image-hash"
-IMAGE_ANNOTATION = "nodeagent.io/image"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "nodeagent"}
-
-
-def image_hash(image: str) -> str:
-    return hashlib.sha256(image.encode()).hexdigest()[:16]
-
-
-def lease_name(image: str, slot: int) -> str:
-    return f"nodeagent-{image_hash(image)}-{slot}"
-
-
-@dataclass
-class _Observation:
-    version: str
-    since: float  # monotonic time we first saw this version
-
-
-@dataclass
-class LeaseView:
-    """What the semaphore needs from a Lease; pure helpers decide on it."""
-
-    name: str
-    holder: str | None
-    version: str
-    duration_s: float
-
-
-def is_free(view: LeaseView, me: str, observed: _Observation | None, now: float) -> bool:
-    """Free: no holder, our own (a previous run of this agent), or expired; pure."""
-    if not view.holder or view.holder == me:
-        return True
-    if observed is None or observed.version != view.version:
-        return False
-    return now - observed.since >= view.duration_s
+__all__ = ["RolloutLimiter"]
 
 
 @dataclass
 class RolloutLimiter:
-    """``gate(image)`` is the engine's pull_gate: an async context manager holding a slot."""
+    """``gate(image)`` is the engine's pull_gate; ``aclose()`` at shutdown."""
 
     client: Any
     namespace: str
-    holder: str
-    slots: int
+    holder: str  # this node's name
+    slots: int  # the rollout limit
     lease_duration_s: int = 30
-    poll_min_s: float = 1.0
-    poll_max_s: float = 5.0
+    seed_wave: int = 0  # mirrored images: nodes that go first (0: as many as slots)
+    seeds_ttl_s: float = 24 * 3600  # how long a finished seed wave lets nodes skip the queue
+    discovery_s: float = 0.2  # how long to wait to hear of a coordinator before electing one
+    election_window_s: float = 2.0  # a vacant coordinator role is taken within this
     clock: Callable[[], float] = time.monotonic
-    _observed: dict[str, _Observation] = field(default_factory=dict, repr=False)
+    backoff: Callable[[], Backoff] = Backoff
+    timing: WatchTiming | None = None
+    _coordinators: dict[str, tuple[QueueCoordinator, asyncio.Task[None]]] = field(
+        default_factory=dict, repr=False)
 
     @contextlib.asynccontextmanager
-    async def gate(self, image: str) -> AsyncIterator[None]:
+    async def gate(self, image: str, *, mirrored: bool = False,
+                   seed_wave: int | None = None) -> AsyncIterator[None]:
         started = self.clock()
-        lease = await self.acquire(image)
+        waiter = _Waiter(self, image, mirrored, seed_wave or self.seed_wave or self.slots)
+        ticket = await waiter.wait_turn()
         metrics.ROLLOUT_LEASE_WAIT.observe(self.clock() - started)
+        if ticket is None:  # a mirrored image whose seeds are done: no slot needed
+            yield
+            return
         metrics.ROLLOUT_LEASES_HELD.inc()
-        renewer = asyncio.create_task(self._renew(lease), name=f"renew {lease.metadata.name}")
+        renewer = asyncio.create_task(waiter.renew(ticket), name=f"renew {ticket.metadata.name}")
+        pulled = False
         try:
             yield
+            pulled = True
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                lease = await renewer or lease
+                ticket = await renewer or ticket
             metrics.ROLLOUT_LEASES_HELD.dec()
-            # bounded: at shutdown with the API away the Lease simply expires
+            # bounded: at shutdown with the API away the ticket simply expires
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._release(lease)), 5)
+                await asyncio.wait_for(asyncio.shield(
+                    waiter.finish(ticket, seed_done=pulled and mirrored)), 5)
 
-    async def acquire(self, image: str) -> Any:
-        """Wait for and take a slot for ``image``; returns the held Lease."""
-        from nodeagent.kube.watch import describe_error
+    def coordinating(self, image: str) -> bool:
+        entry = self._coordinators.get(image)
+        return entry is not None and not entry[1].done()
 
-        waited = False
+    def _start_coordinator(self, image: str, lease: Any) -> None:
+        if self.coordinating(image):
+            return
+        coordinator = QueueCoordinator(
+            self.client, self.namespace, image, self.holder, limit=self.slots,
+            duration_s=self.lease_duration_s, lease=lease, seeds_ttl_s=self.seeds_ttl_s,
+            clock=self.clock, backoff=self.backoff, timing=self.timing)
+        task = asyncio.create_task(coordinator.run(), name=f"rollout coordinator {image}")
+        self._coordinators[image] = (coordinator, task)
+        task.add_done_callback(lambda _: self._coordinators.pop(image, None)
+                               if self._coordinators.get(image, (None, task))[1] is task
+                               else None)
+
+    async def aclose(self) -> None:
+        """Stop coordinating; release the coordinator Leases so others take over at once."""
+        entries = list(self._coordinators.values())
+        self._coordinators.clear()
+        for coordinator, task in entries:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await coordinator.abandon()
+
+
+ELECTION_ROUNDS = 8
+
+
+def election_delay(window_s: float) -> float:
+    """When a waiter tries to take a vacant coordinator role: in round k of
+    ``ELECTION_ROUNDS`` (each window/rounds long) with probability 2**(k - rounds), so
+    whatever the number of waiters only about one tries in the first round that has any
+    (a uniform delay would have every waiter that did not yet see the winner try too),
+    and a lone waiter waits at most the window."""
+    step = window_s / (ELECTION_ROUNDS + 1)
+    u = random.random()
+    first = math.ceil(math.log2(u)) + ELECTION_ROUNDS if u > 0 else 0
+    return (max(0, first) + random.random()) * step
+
+
+class _Waiter:
+    """One node waiting for its turn to pull one image."""
+
+    def __init__(self, limiter: RolloutLimiter, image: str, mirrored: bool,
+                 seed_wave: int) -> None:
+        from lightkube import operators
+
+        self.limiter, self.image, self.mirrored, self.seed_wave = (
+            limiter, image, mirrored, seed_wave)
+        self.ticket_name = rp.ticket_name(image, limiter.holder)
+        self.coordinator_name = rp.coordinator_name(image)
+        self.changed = asyncio.Event()
+        self.watch = LeaseWatch(
+            limiter.client, limiter.namespace,
+            {rp.ROLLOUT_LABEL: rp.short_hash(image),
+             rp.NOTIFY_LABEL: operators.in_([rp.NOTIFY_ALL, rp.short_hash(limiter.holder)])},
+            on_change=self.changed.set, from_list=False, backoff=limiter.backoff(),
+            timing=limiter.timing, clock=limiter.clock)
+        self.versions = rp.VersionClock()
+        self._takeover: tuple[str | None, float] | None = None  # (vacancy, when)
+
+    async def wait_turn(self) -> Any:
+        """The granted ticket, or None when the mirror's seeds are done (no slot needed)."""
+        watching = asyncio.create_task(self.watch.run(), name=f"rollout watch {self.image}")
+        try:
+            return await self._wait()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._delete()), 5)
+            raise
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    async def _wait(self) -> Any:
+        clock = self.limiter.clock
+        if self.mirrored and await self._seeds_done_already():
+            return None
+        created = await self._create()
+        waiting_logged = False
+        while True:
+            self.changed.clear()
+            ticket = self.watch.items.get(self.ticket_name) or created
+            lease = self.watch.items.get(self.coordinator_name)
+            coordinator = rl.to_coordinator(lease) if lease is not None else None
+            if ticket is not None and rp.may_pull(rl.to_ticket(ticket), coordinator):
+                if waiting_logged:
+                    log.info("rollout slot granted", extra=fields(image=self.image))
+                return ticket
+            if self.mirrored and rp.seeds_done(coordinator, rl.wall_now(),
+                                               self.limiter.seeds_ttl_s):
+                await self._delete()
+                return None
+            if not waiting_logged:
+                log.info("rollout limit: waiting for a pull slot",
+                         extra=fields(image=self.image, slots=self.limiter.slots))
+                waiting_logged = True
+            wake = await self._coordinate_if_vacant(lease, coordinator, clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), max(0.0, wake - clock()))
+
+    async def _seeds_done_already(self) -> bool:
+        """Mirrored image: has a seed wave already finished? (then no ticket at all)"""
+        clock = self.limiter.clock
+        while True:
+            self.changed.clear()
+            lease = self.watch.items.get(self.coordinator_name)
+            if lease is not None:
+                return rp.seeds_done(rl.to_coordinator(lease), rl.wall_now(),
+                                     self.limiter.seeds_ttl_s)
+            deadline = self.watch.started_at + self.limiter.discovery_s
+            if clock() >= deadline:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), deadline - clock())
+
+    async def _create(self) -> Any:
+        """Take a ticket; None when it exists already (a restarted agent keeps its place)."""
+        from lightkube import ApiError
+
+        limiter = self.limiter
+        lease = rl.new_ticket(self.image, limiter.namespace, limiter.holder,
+                              limiter.lease_duration_s, mirrored=self.mirrored,
+                              seed_wave=self.seed_wave)
+        errors = limiter.backoff()
         while True:
             try:
-                lease = await self._try_once(image)
+                return await limiter.client.create(lease, namespace=limiter.namespace)
+            except ApiError as exc:
+                if exc.status.code == 409:
+                    return None
+                error = exc
             except Exception as exc:
-                lease = None
-                log.warning("rollout limit: cannot read Leases; retrying",
-                            extra=fields(image=image, error=describe_error(exc)))
-            if lease is not None:
-                if waited:
-                    log.info("rollout slot acquired", extra=fields(
-                        image=image, lease=lease.metadata.name))
-                return lease
-            if not waited:
-                log.info("rollout limit reached: waiting for a pull slot",
-                         extra=fields(image=image, slots=self.slots))
-                waited = True
-            await asyncio.sleep(random.uniform(self.poll_min_s, self.poll_max_s))
+                error = exc
+            delay = errors.delay()
+            log.warning("rollout limit: cannot take a ticket; retrying",
+                        extra=fields(image=self.image, error=describe_error(error),
+                                     retry_in_s=round(delay, 2)))
+            await asyncio.sleep(delay)
 
-    async def _try_once(self, image: str) -> Any:
-        from lightkube.resources.coordination_v1 import Lease
+    async def _coordinate_if_vacant(self, lease: Any, coordinator: rp.Coordinator | None,
+                                    now: float) -> float:
+        """Take the coordinator role over when it is vacant (after a random delay);
+        returns when to look again if nothing changes."""
+        limiter = self.limiter
+        if limiter.coordinating(self.image):
+            return now + limiter.lease_duration_s
+        if coordinator is None and now < self.watch.started_at + limiter.discovery_s:
+            return self.watch.started_at + limiter.discovery_s  # not heard of one yet
+        mine = coordinator is not None and coordinator.holder == limiter.holder
+        if not mine and not rp.coordinator_vacant(coordinator, self.versions, now):
+            self._takeover = None  # a live coordinator: a later vacancy is a new one
+            return rp.coordinator_expires_at(coordinator, self.versions, now)
+        vacancy = coordinator.version if coordinator else None
+        if self._takeover is None or self._takeover[0] != vacancy:
+            delay = 0.0 if mine else election_delay(limiter.election_window_s)
+            self._takeover = (vacancy, now + delay)
+        if now < self._takeover[1]:
+            return min(self._takeover[1], now + limiter.lease_duration_s)
+        # one try per vacancy: whoever wins, the watch shows the new coordinator Lease
+        self._takeover = (vacancy, math.inf)
+        if not await self._become_coordinator(lease):
+            self._takeover = None  # the API failed: try again after a new random delay
+        return now + limiter.election_window_s
 
-        found = {lease.metadata.name: lease async for lease in self.client.list(
-            Lease, namespace=self.namespace, labels={HASH_LABEL: image_hash(image)})}
-        now = self.clock()
-        for slot in random.sample(range(self.slots), self.slots):
-            name = lease_name(image, slot)
-            existing = found.get(name)
-            if existing is None:
-                taken = await self._create(image, name)
-            elif is_free(self._view(existing), self.holder, self._observe(existing, now), now):
-                taken = await self._take(existing)
+    async def _become_coordinator(self, lease: Any) -> bool:
+        """Try once; False when the API failed (True: we won, or another node did)."""
+        from lightkube import ApiError
+
+        limiter = self.limiter
+        try:
+            if lease is None:
+                written = await limiter.client.create(
+                    rl.new_coordinator(self.image, limiter.namespace, limiter.holder,
+                                       limiter.lease_duration_s), namespace=limiter.namespace)
             else:
-                continue
-            if taken is not None:
-                return taken
-        return None
-
-    def _view(self, lease: Any) -> LeaseView:
-        spec = lease.spec
-        return LeaseView(lease.metadata.name, spec.holderIdentity if spec else None,
-                         lease.metadata.resourceVersion or "",
-                         float((spec.leaseDurationSeconds if spec else None)
-                               or self.lease_duration_s))
-
-    def _observe(self, lease: Any, now: float) -> _Observation:
-        name, version = lease.metadata.name, lease.metadata.resourceVersion or ""
-        seen = self._observed.get(name)
-        if seen is None or seen.version != version:
-            seen = self._observed[name] = _Observation(version, now)
-        return seen
-
-    async def _create(self, image: str, name: str) -> Any:
-        from lightkube import ApiError
-        from lightkube.models.coordination_v1 import LeaseSpec
-        from lightkube.models.meta_v1 import ObjectMeta
-        from lightkube.resources.coordination_v1 import Lease
-
-        now = _micro_now()
-        lease = Lease(
-            metadata=ObjectMeta(name=name, namespace=self.namespace,
-                                labels={HASH_LABEL: image_hash(image), **MANAGED_BY},
-                                annotations={IMAGE_ANNOTATION: image}),
-            spec=LeaseSpec(holderIdentity=self.holder, leaseDurationSeconds=self.lease_duration_s,
-                           acquireTime=now, renewTime=now, leaseTransitions=0),
-        )
-        try:
-            return await self.client.create(lease, namespace=self.namespace)
+                written = await limiter.client.replace(
+                    rl.take_over(copy.deepcopy(lease), limiter.holder,
+                                 limiter.lease_duration_s), namespace=limiter.namespace)
         except ApiError as exc:
-            if exc.status.code == 409:
-                return None  # another node created it first
-            raise
+            if exc.status.code in (404, 409):
+                return True  # another node was faster (or it changed): the watch will tell
+            error: Exception = exc
+        except Exception as exc:
+            error = exc
+        else:
+            limiter._start_coordinator(self.image, written)
+            return True
+        log.warning("rollout limit: cannot take the coordinator role",
+                    extra=fields(image=self.image, error=describe_error(error)))
+        return False
 
-    async def _take(self, lease: Any) -> Any:
+    async def renew(self, ticket: Any) -> Any:
+        """Renew every third of the duration; returns the latest ticket when cancelled."""
         from lightkube import ApiError
 
-        spec = lease.spec
-        now = _micro_now()
-        if spec.holderIdentity != self.holder:
-            spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
-        spec.holderIdentity, spec.acquireTime, spec.renewTime = self.holder, now, now
-        spec.leaseDurationSeconds = self.lease_duration_s
-        try:
-            return await self.client.replace(lease, namespace=self.namespace)
-        except ApiError as exc:
-            if exc.status.code == 409:
-                return None  # someone else took it since we read it
-            raise
-
-    async def _renew(self, lease: Any) -> Any:
-        """Renew every third of the duration; returns the latest Lease when cancelled."""
-        from lightkube import ApiError
-
-        from nodeagent.kube.watch import describe_error
-
+        limiter = self.limiter
         try:
             while True:
-                await asyncio.sleep(self.lease_duration_s / 3)
-                lease.spec.renewTime = _micro_now()
+                await asyncio.sleep(limiter.lease_duration_s / 3)
+                renewed = rl.annotate(copy.deepcopy(ticket), {})
+                renewed.spec.renewTime = rl.wall_now()
                 try:
-                    lease = await self.client.replace(lease, namespace=self.namespace)
+                    ticket = await limiter.client.replace(renewed, namespace=limiter.namespace)
                 except ApiError as exc:
                     if exc.status.code in (404, 409):
                         log.warning("rollout slot lost (not renewed in time); finishing the "
-                                    "pull anyway", extra=fields(lease=lease.metadata.name))
+                                    "pull anyway", extra=fields(image=self.image))
                         return None
                     log.warning("cannot renew rollout slot", extra=fields(
-                        lease=lease.metadata.name, error=describe_error(exc)))
+                        image=self.image, error=describe_error(exc)))
                 except Exception as exc:
                     log.warning("cannot renew rollout slot", extra=fields(
-                        lease=lease.metadata.name, error=describe_error(exc)))
+                        image=self.image, error=describe_error(exc)))
         except asyncio.CancelledError:
-            return lease
+            return ticket
 
-    async def _release(self, lease: Any) -> None:
+    async def finish(self, ticket: Any, *, seed_done: bool) -> None:
+        """Leave the queue; a mirrored seed that has the image marks its ticket done."""
         from lightkube import ApiError
 
-        if lease is None or lease.spec.holderIdentity != self.holder:
-            return
-        lease.spec.holderIdentity = None
-        lease.spec.renewTime = _micro_now()
+        if seed_done:
+            done = rl.annotate(copy.deepcopy(ticket), {rp.DONE: "true"})
+            try:
+                await self.limiter.client.replace(done, namespace=self.limiter.namespace)
+                return
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    return
+        await self._delete()
+
+    async def _delete(self) -> None:
+        from lightkube import ApiError
+        from lightkube.resources.coordination_v1 import Lease
+
         try:
-            await self.client.replace(lease, namespace=self.namespace)
+            await self.limiter.client.delete(Lease, self.ticket_name,
+                                             namespace=self.limiter.namespace)
         except ApiError as exc:
-            if exc.status.code not in (404, 409):
+            if exc.status.code != 404:
                 raise
-
-
-def _micro_now() -> datetime:
-    return datetime.now(UTC)

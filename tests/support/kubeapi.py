@@ -228,12 +228,12 @@ class Store:
         self._record(kind, event_type, obj)
         return copy.deepcopy(obj)
 
-    def items(self, kind: Kind, namespace: str) -> list[dict]:
-        return [
-            copy.deepcopy(o)
-            for (k, ns, _), o in sorted(self.objects.items(), key=lambda kv: kv[0][1:])
-            if k == kind and (not namespace or ns == namespace)
-        ]
+    def items(self, kind: Kind, namespace: str, selector: Selector | None = None) -> list[dict]:
+        """Copies of the stored objects (sorted by namespace and name), selected first."""
+        chosen = [((ns, name), o) for (k, ns, name), o in self.objects.items()
+                  if k == kind and (not namespace or ns == namespace)
+                  and (selector is None or selector.matches(o))]
+        return [copy.deepcopy(o) for _, o in sorted(chosen, key=lambda kv: kv[0])]
 
     def compact(self) -> None:
         with self.lock:
@@ -473,8 +473,7 @@ class KubeApiDouble:
         if rv not in ("", "0") and int(rv) < self.store.compacted_rv:
             raise ApiFailure(410, "Expired", f"too old resource version: {rv} "
                              f"({self.store.compacted_rv})")
-        selector = Selector.parse(req.params)
-        items = [o for o in self.store.items(kind, req.namespace) if selector.matches(o)]
+        items = self.store.items(kind, req.namespace, Selector.parse(req.params))
         return {
             "kind": f"{kind.kind}List",
             "apiVersion": kind.api_version,
@@ -496,7 +495,7 @@ class KubeApiDouble:
             if rv_param in ("", "0"):
                 first: list[dict | _Event] = [
                     {"type": "ADDED", "object": o}
-                    for o in self.store.items(kind, req.namespace) if selector.matches(o)]
+                    for o in self.store.items(kind, req.namespace, selector)]
             elif int(rv_param) < self.store.compacted_rv:
                 gone = status_body(410, "Expired", f"too old resource version: {rv_param} "
                                    f"({self.store.compacted_rv})")
@@ -914,6 +913,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     api: KubeApiDouble
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # and the client's delayed ACK hold every answer on a kept-alive connection ~40 ms
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: tests read api.requests instead
