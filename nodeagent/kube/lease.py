@@ -146,6 +146,8 @@ class _Waiter:
             timing=limiter.timing, clock=limiter.clock)
         self.versions = rp.VersionClock()
         self._takeover: tuple[str | None, float] | None = None  # (vacancy, when)
+        self._asked_at = 0.0  # when the ticket was requested
+        self._seen_at: float | None = None  # when the watch first showed the ticket
 
     async def wait_turn(self) -> Any:
         """The granted ticket, or None when the mirror's seeds are done (no slot needed)."""
@@ -165,10 +167,13 @@ class _Waiter:
         clock = self.limiter.clock
         if self.mirrored and await self._seeds_done_already():
             return None
+        self._asked_at = clock()
         created = await self._create()
         waiting_logged = False
         while True:
             self.changed.clear()
+            if self._seen_at is None and self.ticket_name in self.watch.items:
+                self._seen_at = clock()
             ticket = self.watch.items.get(self.ticket_name) or created
             lease = self.watch.items.get(self.coordinator_name)
             coordinator = rl.to_coordinator(lease) if lease is not None else None
@@ -197,7 +202,8 @@ class _Waiter:
             if lease is not None:
                 return rp.seeds_done(rl.to_coordinator(lease), rl.wall_now(),
                                      self.limiter.seeds_ttl_s)
-            deadline = self.watch.started_at + self.limiter.discovery_s
+            # no ticket to tell when the watch is live: a longer bound, then the queue
+            deadline = self.watch.started_at + 5 * self.limiter.discovery_s
             if clock() >= deadline:
                 return False
             with contextlib.suppress(TimeoutError):
@@ -234,15 +240,21 @@ class _Waiter:
         limiter = self.limiter
         if limiter.coordinating(self.image):
             return now + limiter.lease_duration_s
-        if coordinator is None and now < self.watch.started_at + limiter.discovery_s:
-            return self.watch.started_at + limiter.discovery_s  # not heard of one yet
+        if coordinator is None:
+            # Our own ticket arriving on the watch means the watch is live, and a
+            # coordinator Lease that existed would have come first (the current objects
+            # come before new events); a moment more for good measure.
+            if self._seen_at is None:
+                return now + limiter.lease_duration_s  # woken by the ticket's event
+            if now < self._seen_at + limiter.discovery_s:
+                return self._seen_at + limiter.discovery_s
         mine = coordinator is not None and coordinator.holder == limiter.holder
         if not mine and not rp.coordinator_vacant(coordinator, self.versions, now):
             self._takeover = None  # a live coordinator: a later vacancy is a new one
             return rp.coordinator_expires_at(coordinator, self.versions, now)
         vacancy = coordinator.version if coordinator else None
         if self._takeover is None or self._takeover[0] != vacancy:
-            delay = 0.0 if mine else election_delay(limiter.election_window_s)
+            delay = 0.0 if mine else election_delay(self._election_window())
             self._takeover = (vacancy, now + delay)
         if now < self._takeover[1]:
             return min(self._takeover[1], now + limiter.lease_duration_s)
@@ -250,7 +262,14 @@ class _Waiter:
         self._takeover = (vacancy, math.inf)
         if not await self._become_coordinator(lease):
             self._takeover = None  # the API failed: try again after a new random delay
-        return now + limiter.election_window_s
+        return now + self._election_window()
+
+    def _election_window(self) -> float:
+        """Election rounds must outlast the time a write takes to reach the other nodes'
+        watches; our own ticket's trip (request to event) measures it."""
+        seen = self._seen_at if self._seen_at is not None else self.limiter.clock()
+        latency = max(0.0, seen - self._asked_at)
+        return max(self.limiter.election_window_s, 2 * (ELECTION_ROUNDS + 1) * latency)
 
     async def _become_coordinator(self, lease: Any) -> bool:
         """Try once; False when the API failed (True: we won, or another node did)."""
