@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                                      allow_abbrev=False)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--pull-seconds", type=float, default=2.0,
-                        help="simulated pull time: the time scale of the run (default 2)")
+    parser.add_argument("--pull-seconds", type=float, default=5.0,
+                        help="simulated pull time: the time scale of the run (default 5)")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--lease-duration", type=int, default=30)
     parser.add_argument("--join-seconds", type=float, default=1.0,

@@ -1,4 +1,4 @@
-"""Node condition, startup taint, Events, pull secrets and the Lease semaphore.
+"""Node condition, startup taint, Events and pull secrets (the rollout queue: test_rollout_queue).
 
 Pure decisions are tested directly; effects run against tests/support/kubeapi.py, a TEST DOUBLE
 of the Kubernetes API server (no real API server can be installed here) that speaks the
@@ -18,7 +18,6 @@ from nodeagent.agent.condition import CONDITION_TYPE
 from nodeagent.api.hotimageset import SecretRef
 from nodeagent.kube.client import load_config, make_client
 from nodeagent.kube.events import EventLimiter, EventRecorder
-from nodeagent.kube.lease import LeaseView, RolloutLimiter, _Observation, is_free, lease_name
 from nodeagent.kube.nodestatus import Condition, NodeConditionReporter, Reported, should_patch
 from nodeagent.kube.secrets import PullSecretError, PullSecrets
 from nodeagent.kube.taint import TaintSpec, decide, removal_patch, remove_taint
@@ -72,15 +71,6 @@ def test_event_limiter_dedups_and_rate_limits():
     assert lim.check(("Failed", "c"), 2) == "rate_limited"
     assert lim.check(("Failed", "c"), 12) == "sent"  # a token came back
     assert lim.check(("Failed", "a"), 61) == "sent"  # dedup window over (token refilled)
-
-
-def test_lease_is_free():
-    view = LeaseView("l", "node-b", "7", 30)
-    assert is_free(LeaseView("l", None, "7", 30), "node-a", None, 0)
-    assert is_free(LeaseView("l", "node-a", "7", 30), "node-a", None, 0)
-    assert not is_free(view, "node-a", _Observation("7", 0), 29)
-    assert is_free(view, "node-a", _Observation("7", 0), 30)
-    assert not is_free(view, "node-a", _Observation("6", 0), 100)  # renewed meanwhile
 
 
 # -- effects against the API double -------------------------------------------------------
@@ -187,60 +177,6 @@ async def test_pull_secrets_read_and_reported(api, client):
     assert "hunter2" not in str(err.value)
 
 
-async def test_lease_semaphore_limits_holders_and_expires_dead_ones(api, client):
-    n, image = 2, "registry.local/big:1"
-    limiters = [RolloutLimiter(client, "nodeagent", f"node-{i}", slots=n, lease_duration_s=3,
-                               poll_min_s=0.05, poll_max_s=0.15) for i in range(5)]
-    holding: set[str] = set()
-    peak = 0
-
-    async def pull(limiter):
-        nonlocal peak
-        async with limiter.gate(image):
-            holding.add(limiter.holder)
-            peak = max(peak, len(holding))
-            held = [lease for lease in api.list("leases", "nodeagent", "coordination.k8s.io")
-                    if lease["spec"].get("holderIdentity")]
-            assert len(held) <= n
-            await asyncio.sleep(0.3)
-            holding.discard(limiter.holder)
-
-    await asyncio.wait_for(asyncio.gather(*(pull(lim) for lim in limiters)), 20)
-    assert peak == n
-    leases = api.list("leases", "nodeagent", "coordination.k8s.io")
-    assert sorted(lease["metadata"]["name"] for lease in leases) == [
-        lease_name(image, 0), lease_name(image, 1)]
-    assert not any(lease["spec"].get("holderIdentity") for lease in leases)  # released
-
-    # a holder that dies (never renews, never releases) blocks its slot only until expiry
-    dead = [RolloutLimiter(client, "nodeagent", f"dead-{i}", slots=n, lease_duration_s=1)
-            for i in range(n)]
-    for lim in dead:
-        await lim.acquire(image)
-    start = asyncio.get_running_loop().time()
-    waiter = RolloutLimiter(client, "nodeagent", "node-late", slots=n, lease_duration_s=1,
-                            poll_min_s=0.05, poll_max_s=0.1)
-    await asyncio.wait_for(waiter.acquire(image), 10)
-    assert asyncio.get_running_loop().time() - start >= 0.9
-
-
-@pytest.mark.parametrize(("argv", "env", "message"), [
-    (["agent"], {}, "NODE_NAME"),
-    (["agent", "--startup-taint", "bad key:NoSchedule"], {"NODE_NAME": "n"}, "startup taint"),
-    (["agent", "--rollout-limit", "-1"], {"NODE_NAME": "n"}, "--rollout-limit"),
-    (["agent", "--disks-setup", "--disks-setup-args", "--strategy bogus"], {"NODE_NAME": "n"},
-     "invalid choice: 'bogus'"),
-])
-def test_agent_cli_rejects_bad_configuration(monkeypatch, capsys, argv, env, message):
-    from nodeagent.cli import main
-
-    monkeypatch.delenv("NODE_NAME", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
-
-
 async def test_condition_patch_backs_off_while_the_api_fails(api, client):
     add_node(api)
     reporter = NodeConditionReporter(client, "n1", CONDITION_TYPE, min_interval_s=0)
@@ -255,22 +191,3 @@ async def test_condition_patch_backs_off_while_the_api_fails(api, client):
     assert reporter.next_due(cond) > 1.5
     await asyncio.sleep(reporter.next_due(cond))
     assert await reporter.report(cond)
-
-
-async def test_lease_is_renewed_while_pulling_so_nobody_takes_it_over(api, client):
-    image = "registry.local/slow:1"
-    holder = RolloutLimiter(client, "nodeagent", "node-a", slots=1, lease_duration_s=3)
-    other = RolloutLimiter(client, "nodeagent", "node-b", slots=1, lease_duration_s=3,
-                           poll_min_s=0.1, poll_max_s=0.2)
-    released_at = None
-    async with holder.gate(image):
-        waiter = asyncio.create_task(other.acquire(image))
-        await asyncio.sleep(4.5)  # longer than the lease duration: renewals keep it held
-        assert not waiter.done()
-        released_at = asyncio.get_running_loop().time()
-    lease = await asyncio.wait_for(waiter, 5)
-    assert asyncio.get_running_loop().time() - released_at < 1.0
-    assert lease.spec.holderIdentity == "node-b"
-    renewals = [r for r in api.calls("update", "leases") if r.body["spec"].get(
-        "holderIdentity") == "node-a" and r.status == 200]
-    assert len(renewals) >= 3

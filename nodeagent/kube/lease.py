@@ -265,11 +265,12 @@ class _Waiter:
         return now + self._election_window()
 
     def _election_window(self) -> float:
-        """Election rounds must outlast the time a write takes to reach the other nodes'
-        watches; our own ticket's trip (request to event) measures it."""
+        """Election rounds should outlast the time a write takes to reach the other nodes'
+        watches (our own ticket's trip, request to event, measures it), within reason."""
+        base = self.limiter.election_window_s
         seen = self._seen_at if self._seen_at is not None else self.limiter.clock()
         latency = max(0.0, seen - self._asked_at)
-        return max(self.limiter.election_window_s, 2 * (ELECTION_ROUNDS + 1) * latency)
+        return min(max(base, 2 * (ELECTION_ROUNDS + 1) * latency), 3 * base)
 
     async def _become_coordinator(self, lease: Any) -> bool:
         """Try once; False when the API failed (True: we won, or another node did)."""

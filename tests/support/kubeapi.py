@@ -45,6 +45,7 @@ import copy
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -908,6 +909,10 @@ def _check_array(schema: dict, value: list, path: str, out: list) -> None:
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # a thousand simulated nodes connect at once
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # a client hanging up is normal
 
 
 class _Handler(BaseHTTPRequestHandler):
