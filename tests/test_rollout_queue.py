@@ -156,14 +156,14 @@ async def test_limit_holds_everyone_pulls_and_idle_nodes_make_no_calls(api):
         assert sum(api.counts(since=idle_from).values()) == 0
         started = time.monotonic()
         await asyncio.wait_for(asyncio.gather(
-            *(pulls.pull(lim, image, 0.4) for lim in limiters)), 30)
+            *(pulls.pull(lim, image, 1.0) for lim in limiters)), 30)
         took = time.monotonic() - started
         await asyncio.sleep(0.3)
         after = time.monotonic()
         await asyncio.sleep(1.0)
         assert sum(api.counts(since=after).values()) == 0  # idle again: no calls at all
     assert pulls.peak == 3 and sorted(pulls.order) == sorted(lim.holder for lim in limiters)
-    assert took < 3 * 0.4 + 2.5  # three waves; a slot is handed on without polling
+    assert took < 3 * 1.0 + 3.5  # three waves and an election (one at a time: 8 s)
     counts = api.counts(since=started)
     assert counts[("list", "leases")] == 1  # the coordinator's; waiters only watch
     assert counts[("get", "leases")] == 0
@@ -240,7 +240,7 @@ async def test_seeds_first_then_the_others_at_once_without_a_slot(api):
             *(pulls.pull(lim, image, 0.8, mirrored=True, seed_wave=2) for lim in fleet)), 20)
         took = time.monotonic() - started
         assert pulls.peak == 4  # after the two seeds, the four others at once
-        assert took < 2 * 0.8 + 2.5
+        assert took < 2 * 0.8 + 4  # seeds, then the rest (slack for a loaded machine)
         coord = leases(api)[rp.coordinator_name(image)]
         assert rp.SEEDS_DONE_AT in coord["metadata"]["annotations"]
         # a node that comes later pulls through the mirror at once: no write at all

@@ -50,7 +50,7 @@ class RolloutLimiter:
     seed_wave: int = 0  # mirrored images: nodes that go first (0: as many as slots)
     seeds_ttl_s: float = 24 * 3600  # how long a finished seed wave lets nodes skip the queue
     discovery_s: float = 0.2  # how long to wait to hear of a coordinator before electing one
-    election_window_s: float = 2.0  # a vacant coordinator role is taken within this
+    election_window_s: float = 0.5  # a vacant coordinator role is taken within about this
     clock: Callable[[], float] = time.monotonic
     backoff: Callable[[], Backoff] = Backoff
     timing: WatchTiming | None = None
@@ -203,7 +203,7 @@ class _Waiter:
                 return rp.seeds_done(rl.to_coordinator(lease), rl.wall_now(),
                                      self.limiter.seeds_ttl_s)
             # no ticket to tell when the watch is live: a longer bound, then the queue
-            deadline = self.watch.started_at + 5 * self.limiter.discovery_s
+            deadline = self.watch.started_at + 2 * self.limiter.discovery_s
             if clock() >= deadline:
                 return False
             with contextlib.suppress(TimeoutError):
@@ -266,11 +266,13 @@ class _Waiter:
 
     def _election_window(self) -> float:
         """Election rounds should outlast the time a write takes to reach the other nodes'
-        watches (our own ticket's trip, request to event, measures it), within reason."""
+        watches; our own ticket's trip (request to event) measures it. The first nodes to
+        join see short trips and elect a coordinator before a crowd slows the API down."""
         base = self.limiter.election_window_s
         seen = self._seen_at if self._seen_at is not None else self.limiter.clock()
         latency = max(0.0, seen - self._asked_at)
-        return min(max(base, 2 * (ELECTION_ROUNDS + 1) * latency), 3 * base)
+        return min(max(base, 2 * (ELECTION_ROUNDS + 1) * latency),
+                   float(self.limiter.lease_duration_s))
 
     async def _become_coordinator(self, lease: Any) -> bool:
         """Try once; False when the API failed (True: we won, or another node did)."""

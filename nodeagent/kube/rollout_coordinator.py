@@ -25,6 +25,8 @@ from nodeagent.log import fields
 
 log = logging.getLogger(__name__)
 
+COALESCE_S = 0.02  # after a change, wait this long for the ones that come with it
+
 
 class LostCoordination(Exception):
     """Another node holds the coordinator Lease now."""
@@ -45,6 +47,7 @@ class QueueCoordinator:
         self._written_at = clock()
         self._versions = rp.VersionClock()
         self._granted_at: dict[str, float] = {}
+        self._views: dict[str, tuple[str, rp.Ticket]] = {}  # name -> (version, view)
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
@@ -88,18 +91,22 @@ class QueueCoordinator:
             timeout = max(0.0, step - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
+            # changes that come together (a wave finishing) are handled in one step
+            await asyncio.sleep(COALESCE_S)
 
     async def _step(self, tickets: LeaseWatch, now: float) -> float | None:
         """Plan and write once; returns when to look again (None: step down)."""
-        leases = {name: lease for name, lease in tickets.items.items()}
-        views = [rl.to_ticket(lease) for lease in leases.values()]
+        leases = dict(tickets.items)
+        views = [self._view(lease) for lease in leases.values()]
         coordinator = rl.to_coordinator(self.lease)
         for ticket in views:
             if rp.may_pull(ticket, coordinator):
                 self._granted_at.setdefault(ticket.name, now)
         alive = {t.name: max(self._versions.since(t.name, t.version, now),
                              self._granted_at.get(t.name, now)) for t in views}
-        self._versions.forget(set(alive))
+        if len(self._views) > 2 * len(leases) + 16:  # forget deleted tickets now and then
+            self._versions.forget(set(alive))
+            self._views = {name: self._views[name] for name in leases if name in self._views}
         state = rp.QueueState(views, coordinator, alive,
                               rp.seeds_done(coordinator, rl.wall_now(), self.seeds_ttl_s))
         plan = rp.plan(state, self.limit, self.duration_s, now)
@@ -117,6 +124,14 @@ class QueueCoordinator:
             self._granted_at[ticket.name] = self.clock()
         wake = self._written_at + self.duration_s / 3
         return min(wake, plan.wake_at) if plan.wake_at is not None else wake
+
+    def _view(self, lease: Any) -> rp.Ticket:
+        """The ticket's view, parsed once per version (a step looks at every ticket)."""
+        name, version = lease.metadata.name, lease.metadata.resourceVersion or ""
+        cached = self._views.get(name)
+        if cached is None or cached[0] != version:
+            cached = self._views[name] = (version, rl.to_ticket(lease))
+        return cached[1]
 
     async def _write_coordinator(self, plan: rp.Plan) -> None:
         lease = copy.deepcopy(self.lease)
