@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,8 +273,11 @@ async def test_a_waiting_node_that_gives_up_leaves_the_queue(api):
 
 def _load_simulation():
     path = Path(__file__).resolve().parent.parent / "bench" / "rollout_sim.py"
+    if "rollout_sim" in sys.modules:
+        return sys.modules["rollout_sim"]
     spec = importlib.util.spec_from_file_location("rollout_sim", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["rollout_sim"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -281,7 +285,7 @@ def _load_simulation():
 async def test_simulated_rollout_meets_the_targets():
     """100 nodes, limit 10 (bench/rollout_sim.py runs 1,000 with limit 50)."""
     sim = _load_simulation()
-    result = await sim.simulate(nodes=100, limit=10, pull_s=1.5, idle_s=2.0, join_s=0.5)
+    result = await sim.simulate(nodes=100, limit=10, pull_s=2.0, idle_s=2.0, join_s=0.5)
     assert result.idle_per_node_min <= 1, sim.table(result)
     assert result.per_node <= 3, sim.table(result)
     assert result.by_verb["watch"] <= 1.1 * result.nodes, sim.table(result)

@@ -49,7 +49,7 @@ class RolloutLimiter:
     lease_duration_s: int = 30
     seed_wave: int = 0  # mirrored images: nodes that go first (0: as many as slots)
     seeds_ttl_s: float = 24 * 3600  # how long a finished seed wave lets nodes skip the queue
-    discovery_s: float = 0.2  # how long to wait to hear of a coordinator before electing one
+    discovery_s: float = 0.1  # how long to wait to hear of a coordinator before electing one
     election_window_s: float = 0.5  # a vacant coordinator role is taken within about this
     clock: Callable[[], float] = time.monotonic
     backoff: Callable[[], Backoff] = Backoff
