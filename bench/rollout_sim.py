@@ -2,8 +2,9 @@
 
 Every simulated node runs the real gate (``nodeagent.kube.lease.RolloutLimiter``) with
 its own lightkube client and connections, all in this one process (asyncio), against
-tests/kubeapi.py over real HTTP on loopback: a TEST DOUBLE of the Kubernetes API server
-speaking the real list/watch protocol (no Kubernetes API server can be installed here).
+tests/support/kubeapi.py over real HTTP on loopback: a TEST DOUBLE of the Kubernetes API
+server speaking the real list/watch protocol (no Kubernetes API server can be installed
+here).
 A pull is a sleep of --pull-seconds (the time scale: the run takes about nodes / limit x
 pull seconds).
 
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx2  # noqa: E402
-from kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the tests)
+from support.kubeapi import KubeApiDouble  # noqa: E402  (the test double lives with the tests)
 
 from nodeagent.kube.lease import RolloutLimiter  # noqa: E402
 

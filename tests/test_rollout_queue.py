@@ -1,8 +1,8 @@
 """The cluster-wide rollout limit: a FIFO queue of Leases with an elected coordinator.
 
 Pure decisions (nodeagent.kube.rollout_plan) are tested directly. The gate runs against
-tests/kubeapi.py, a TEST DOUBLE of the Kubernetes API server (no real API server can be
-installed here) that speaks the real list/watch protocol over HTTP, with several
+tests/support/kubeapi.py, a TEST DOUBLE of the Kubernetes API server (no real API server
+can be installed here) that speaks the real list/watch protocol over HTTP, with several
 simulated nodes (each its own RolloutLimiter and client) in one event loop.
 """
 
@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kubeapi import KubeApiDouble
+from support.kubeapi import KubeApiDouble
 
 from nodeagent.kube import rollout_plan as rp
 from nodeagent.kube.client import load_config, make_client
