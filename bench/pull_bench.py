@@ -14,8 +14,9 @@ Networks:
   loopback  the registry directly;
   model     through a throttling proxy (its own process) capping each TCP connection
             (default 40 MiB/s) and the total (default 400 MiB/s).
-Reports wall s, MiB/s (compressed), ratios, CPU-s (nodeagent incl. its workers, and
-containerd) and nodeagent's peak RSS (main process, and with its workers). Run as root:
+Reports wall s, MiB/s (compressed), ratios, CPU-s (the client: nodeagent incl. its
+workers, ctr, or the floor's tools; and containerd) and nodeagent's peak RSS (main
+process, and with its workers). Run as root:
 
     .venv/bin/python bench/pull_bench.py [--images large,multi] [--networks loopback,model]
 """
@@ -56,7 +57,7 @@ class Result:
     mode: str
     wall_s: float
     compressed_mib: float
-    nodeagent_cpu_s: float | None = None
+    client_cpu_s: float | None = None  # nodeagent and its workers, ctr, or the floor's tools
     containerd_cpu_s: float | None = None
     peak_rss_mib: float | None = None  # nodeagent's main process
     peak_tree_rss_mib: float | None = None  # with its unpack workers
@@ -90,12 +91,18 @@ def _cpu(pid: int | None) -> float:
     return 0.0
 
 
-def run_ctr(workdir: Path, refs: list[str]) -> tuple[float, None, float, None, None]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_ctr(workdir: Path, refs: list[str]) -> tuple[float, float, float, None, None]:
     with PrivateContainerd(workdir / "ctrd") as ctrd:
-        cpu0, start = _cpu(ctrd.pid), time.monotonic()
+        cpu0, own0, start = _cpu(ctrd.pid), _children_cpu(), time.monotonic()
         for ref in refs:
             ctrd.ctr("images", "pull", "--plain-http", ref, timeout=3600)
-        return time.monotonic() - start, None, _cpu(ctrd.pid) - cpu0, None, None
+        return (time.monotonic() - start, _children_cpu() - own0, _cpu(ctrd.pid) - cpu0,
+                None, None)
 
 
 def hotlist(refs: list[str]) -> str:
@@ -144,7 +151,7 @@ def _extract(blob: str, target: str) -> None:
     decompress.wait()
 
 
-def run_floor(workdir: Path, layers: list) -> tuple[float, None, float, None, None]:
+def run_floor(workdir: Path, layers: list) -> tuple[float, float, None, None, None]:
     for layer in layers:  # page cache warm, as the registry's blobs are for the pulls
         layer.path.read_bytes()
     target = workdir / "floor"
@@ -159,7 +166,7 @@ def run_floor(workdir: Path, layers: list) -> tuple[float, None, float, None, No
     wall = time.monotonic() - start
     own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(target, ignore_errors=True)
-    return wall, None, own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime, None, None
+    return wall, own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime, None, None, None
 
 
 @contextlib.contextmanager
@@ -183,7 +190,7 @@ def network(kind: str, registry_host: str, per_conn: float, total: float):
 
 def table(results: list[Result], per_conn: float, total: float) -> str:
     head = ("| images | network | mode | wall s | MiB/s | vs ctr | vs cri | floor/this | "
-            "nodeagent CPU-s | containerd CPU-s | peak RSS (main / +workers) |")
+            "client CPU-s | containerd CPU-s | peak RSS (main / +workers) |")
     lines = [head, "|" + "---|" * 11]
     for r in results:
         same = [x for x in results if (x.images, x.network) == (r.images, r.network)]
@@ -196,7 +203,7 @@ def table(results: list[Result], per_conn: float, total: float) -> str:
 
         rss = (f"{r.peak_rss_mib:.0f} / {r.peak_tree_rss_mib:.0f} MiB"
                if r.peak_rss_mib else "-")
-        na = f"{r.nodeagent_cpu_s:.1f}" if r.nodeagent_cpu_s is not None else "-"
+        na = f"{r.client_cpu_s:.1f}" if r.client_cpu_s is not None else "-"
         ctrd = f"{r.containerd_cpu_s:.1f}" if r.containerd_cpu_s is not None else "-"
         floor_pct = f"{floor.wall_s / r.wall_s:.0%}" if floor else "-"
         lines.append(f"| {r.images} | {r.network} | {r.mode} | {r.wall_s:.1f} | "

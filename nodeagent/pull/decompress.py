@@ -14,7 +14,7 @@ from isal import isal_zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-MAX_PIECE = 4 << 20
+MAX_PIECE = 1 << 20
 _ZSTD_FEED = 512 << 10  # zstd has no max_length: feed it small pieces instead
 
 

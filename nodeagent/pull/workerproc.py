@@ -13,8 +13,9 @@ import struct
 import sys
 
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult, unpack_layer
-from nodeagent.pull.workers import FRAME, PROGRESS
 
+PROGRESS = struct.Struct("<qqq")  # compressed bytes read, uncompressed bytes, cancel flag
+FRAME = struct.Struct("<Q")  # length prefix of each pickled job and answer
 _PR_SET_PDEATHSIG = 1
 _REPORT_EVERY = 4 << 20
 

@@ -21,9 +21,8 @@ import struct
 import sys
 
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
+from nodeagent.pull.workerproc import FRAME, PROGRESS
 
-PROGRESS = struct.Struct("<qqq")  # compressed bytes read, uncompressed bytes, cancel flag
-FRAME = struct.Struct("<Q")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
