@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,9 +49,9 @@ def second_containerd(tmp_path: Path, containerd: PrivateContainerd):
         daemon.stop()
 
 
-async def fast_pull(containerd: PrivateContainerd, ref: str) -> str:
+async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "") -> str:
     async with ContainerdClient(containerd.address) as client:
-        setup = await check_fast_path(ContainerdStore(client))
+        setup = await check_fast_path(ContainerdStore(client), host_root)
         assert setup.staging.lock()
         puller = FastPuller(client, setup)
         try:
@@ -263,6 +264,21 @@ async def test_fallback_reason_on_the_native_snapshotter(tmp_path):
         native.stop()
     assert info.value.code == "snapshotter"
     assert '"native" snapshotter' in str(info.value)
+
+
+async def test_through_a_host_root_as_the_daemonset_sees_it(registry, containerd, tmp_path):
+    """In the DaemonSet containerd's paths are reached under the host's root as mounted
+    in the container (NODEAGENT_HOST_ROOT, /proc/1/root there): here a bind mount of /."""
+    host = tmp_path / "host"
+    host.mkdir()
+    subprocess.run(["mount", "--bind", "/", str(host)], check=True)
+    try:
+        image = build_featured("fast/hostroot", feature_layers()[:2], tmp_path / "blobs")
+        (ref,) = push(registry, image)
+        assert await fast_pull(containerd, ref, host_root=str(host)) == image.config_digest
+    finally:
+        subprocess.run(["umount", str(host)], check=True)
+    assert len(labels_of(containerd, "snapshots")) == 2
 
 
 async def test_fallback_reason_when_the_store_is_not_reachable(containerd, tmp_path):
