@@ -23,17 +23,25 @@ class BlobAbandoned(Exception):
     """The fetcher gave up on the blob (its error is reported on the fetch side)."""
 
 
+def shared_map(path: str, size: int, create: bool) -> mmap.mmap:
+    """A small file mapped in memory, shared with another process: created zeroed (the
+    writer) or opened as it is (the reader; read-write so it can also raise a flag)."""
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_TRUNC if create else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
 class Watermark:
     """The writer side (fetcher). ``close()`` unmaps; the file is removed by the owner."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, _LAYOUT.size)
-            self._map = mmap.mmap(fd, _LAYOUT.size)
-        finally:
-            os.close(fd)
+        self._map = shared_map(path, _LAYOUT.size, create=True)
         self.value = 0
 
     def advance(self, offset: int) -> None:
@@ -55,7 +63,7 @@ def read_blob(path: str, size: int, watermark: str | None, chunk: int = 1 << 20
               ) -> Iterator[bytes]:
     """The bytes of ``path`` in order, up to ``size``; with a ``watermark`` file, never
     past the written prefix (waits for the fetcher)."""
-    state = _open_watermark(watermark) if watermark else None
+    state = shared_map(watermark, _LAYOUT.size, create=False) if watermark else None
     try:
         with open(path, "rb", buffering=0) as blob:
             offset = 0
@@ -69,14 +77,6 @@ def read_blob(path: str, size: int, watermark: str | None, chunk: int = 1 << 20
     finally:
         if state is not None:
             state.close()
-
-
-def _open_watermark(path: str) -> mmap.mmap:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return mmap.mmap(fd, _LAYOUT.size, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
 
 
 def _wait_for(state: mmap.mmap, offset: int) -> int:

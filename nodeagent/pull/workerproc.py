@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
-import os
 import pickle
 import signal
 import struct
 import sys
 
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult, unpack_layer
+from nodeagent.pull.watermark import shared_map
 
 PROGRESS = struct.Struct("<qqq")  # compressed bytes read, uncompressed bytes, cancel flag
 FRAME = struct.Struct("<Q")  # length prefix of each pickled job and answer
@@ -46,11 +45,7 @@ def main() -> None:
 
 
 def run(job: UnpackJob, progress_path: str) -> UnpackResult:
-    fd = os.open(progress_path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        shared = mmap.mmap(fd, PROGRESS.size)
-    finally:
-        os.close(fd)
+    shared = shared_map(progress_path, PROGRESS.size, create=False)
     last = [0]
 
     def report(compressed: int, uncompressed: int) -> None:

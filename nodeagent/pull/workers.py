@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mmap
 import os
 import pickle
 import struct
 import sys
 
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
+from nodeagent.pull.watermark import shared_map
 from nodeagent.pull.workerproc import FRAME, PROGRESS
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,12 +31,7 @@ class UnpackProgress:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, PROGRESS.size)
-            self._map = mmap.mmap(fd, PROGRESS.size)
-        finally:
-            os.close(fd)
+        self._map = shared_map(path, PROGRESS.size, create=True)
 
     def read(self) -> tuple[int, int]:
         compressed, uncompressed, _ = PROGRESS.unpack_from(self._map, 0)
