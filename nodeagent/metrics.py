@@ -20,11 +20,19 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from nodeagent import __version__
-from nodeagent.metrics_http import HealthState, MetricsServer, serve
+from nodeagent.metrics_http import HealthState, MetricsServer, serve_registry
 
 __all__ = ["REGISTRY", "HealthState", "MetricsServer", "generate_latest", "serve"]  # + metrics
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+
+def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve every metric below, and the health probes, on ``host:port`` (0: any free
+    port) from a daemon thread. Without ``health`` both probes answer 200."""
+    return serve_registry(REGISTRY, port, health, host)
+
 
 BUILD_INFO = Info("nodeagent_build", "nodeagent version", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__, "python": platform.python_version()})

@@ -1,6 +1,6 @@
 """The HTTP side of the metrics: ``/metrics``, ``/healthz`` and ``/readyz`` on one port,
 and the liveness/readiness state the probes answer from (``nodeagent.metrics`` re-exports
-``HealthState``, ``MetricsServer`` and ``serve``)."""
+``HealthState`` and ``MetricsServer`` and serves its registry with ``serve``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
 class HealthState:
@@ -66,7 +66,8 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -> MetricsServer:
+def serve_registry(registry: CollectorRegistry, port: int, health: HealthState | None = None,
+                   host: str = "0.0.0.0") -> MetricsServer:
     """Serve metrics and health on ``host:port`` (port 0 picks a free one) in a thread.
 
     Without ``health`` both probes answer 200 while the process runs.
@@ -76,7 +77,7 @@ def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(_registry()), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/livez"):
                 self._probe(health.live() if health else (True, "ok"))
             elif path == "/readyz":
@@ -103,9 +104,3 @@ def serve(port: int, health: HealthState | None = None, host: str = "0.0.0.0") -
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
-
-
-def _registry():  # type: ignore[no-untyped-def]
-    from nodeagent.metrics import REGISTRY
-
-    return REGISTRY
