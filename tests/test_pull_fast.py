@@ -15,11 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
+from support.prewarm_helpers import desired
 from support.pull_compare import describe_tree, layer_dirs, tree_differences
 from support.pull_features import base_entries, feature_layers, upper_entries
 
+from nodeagent import metrics
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.containerd.store import ContainerdStore
+from nodeagent.prewarm.config import EngineConfig
+from nodeagent.prewarm.engine import PrewarmEngine
 from nodeagent.pull.plan import chain_ids
 from nodeagent.pull.preconditions import FastPathUnavailable, check_fast_path
 from nodeagent.pull.puller import FastPuller
@@ -251,6 +255,37 @@ async def test_kubelet_pulling_the_same_image_meanwhile(registry, containerd, tm
 
 
 # ----------------------------------------------------------------------------- fallback
+
+
+def _fallbacks(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("nodeagent_prewarm_pull_fallbacks_total",
+                                             {"reason": reason}) or 0.0
+
+
+async def test_prewarm_falls_back_to_cri_and_says_why(tmp_path, sample_images, caplog):
+    """On a containerd whose CRI plugin uses the native snapshotter, `auto` pulls through
+    CRI (logged and counted); `fast` refuses, naming the reason."""
+    native = PrivateContainerd(tmp_path / "native", snapshotter="native")
+    native.start()
+    pushed = sample_images["python"]
+    caplog.set_level("INFO", logger="nodeagent.prewarm")
+    before = _fallbacks("snapshotter")
+    try:
+        async with ContainerdClient(native.address) as client:
+            auto = await PrewarmEngine(client, None, EngineConfig(pull_path="auto")).reconcile(
+                desired(pushed.ref))
+            forced = await PrewarmEngine(client, None, EngineConfig(
+                pull_path="fast", max_retries=0)).reconcile(desired(sample_images["tools"].ref))
+    finally:
+        native.stop()
+    assert auto.ok and auto.states[0].pull_path == "cri"
+    assert _fallbacks("snapshotter") == before + 1
+    said = [r.fields for r in caplog.records if "fast pull unavailable" in r.getMessage()]
+    assert said and said[0]["reason"] == "snapshotter"
+    assert 'the CRI plugin unpacks with the "native" snapshotter' in said[0]["detail"]
+    assert not forced.ok
+    assert "the fast path cannot run on this node" in forced.states[0].message
+    assert '"native" snapshotter' in forced.states[0].message
 
 
 async def test_fallback_reason_on_the_native_snapshotter(tmp_path):
