@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import os
 import pickle
 import struct
@@ -66,18 +67,64 @@ class _Worker:
             self.process.kill()
 
 
+class _Slots:
+    """At most ``size`` holders; waiters are served biggest job first (the longest
+    unpack starts first, so it doesn't end last: it sets the pull's wall time). Grants
+    happen on the next loop iteration, so layers queued together are compared."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = 0
+        self._scheduled = False
+
+    @contextlib.asynccontextmanager
+    async def hold(self, weight: int):  # type: ignore[no-untyped-def]
+        future = asyncio.get_running_loop().create_future()
+        self._order += 1
+        heapq.heappush(self._waiting, (-weight, self._order, future))
+        self._schedule()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # granted just as we were cancelled
+            raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.free += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._grant)
+
+    def _grant(self) -> None:
+        self._scheduled = False
+        while self._waiting and self.free > 0:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():  # (a cancelled waiter is skipped)
+                self.free -= 1
+                future.set_result(None)
+
+
 class UnpackPool:
     """At most ``size`` layers unpacking at once, each in a worker process (started on
-    first use, reused after)."""
+    first use, reused after); the biggest waiting layer goes first."""
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
-        self._slots = asyncio.Semaphore(self.size)
+        self._slots = _Slots(self.size)
 
     async def unpack(self, job: UnpackJob, progress: UnpackProgress) -> UnpackResult:
-        async with self._slots:
+        async with self._slots.hold(job.size):
             worker = self._idle.pop() if self._idle else await self._start()
             try:
                 result = await asyncio.shield(asyncio.ensure_future(
