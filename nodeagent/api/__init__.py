@@ -6,9 +6,11 @@ documents.py           reading documents from YAML/JSON files and directories
 selector.py            Kubernetes LabelSelector (the kinds' nodeSelector)
 hotimageset.py         HotImageSet: model, parser, loading from files
 hotimageset_schema.py  HotImageSet's OpenAPI schema and printer columns
+hotmodelset.py         HotModelSet: model, parser, loading from files
+hotmodelset_schema.py  HotModelSet's OpenAPI schema and printer columns
 crd.py                 the CustomResourceDefinitions (daemonset/crd.yaml)
 
 Pure: no Kubernetes client here (kube/ turns a kind into a lightkube resource), no
 decision about what to do with the objects (prewarm/desired.py merges the HotImageSets
-that apply to a node).
+that apply to a node, models/desired.py the HotModelSets).
 """

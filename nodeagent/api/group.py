@@ -36,3 +36,4 @@ class Kind:
 
 
 HOTIMAGESET = Kind("HotImageSet", "hotimagesets", ("his", "hotimg"))
+HOTMODELSET = Kind("HotModelSet", "hotmodelsets", ("hms", "hotmodel"))

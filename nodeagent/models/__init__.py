@@ -1,4 +1,5 @@
-"""Model cache: ML model artifacts from S3 prefetched onto the node's local disk.
+"""Model cache: ML model artifacts from S3 and OCI registries prefetched onto the node's
+local disk.
 
 Public API (what the CLI and the agent call)::
 
@@ -7,9 +8,11 @@ Public API (what the CLI and the agent call)::
                   SyncOptions(cache_dir=None), reporter=make_reporter())
     result.ok, [(m.name, m.state, m.error) for m in result.models]
 
-spec.py      ModelSpec (name, source, priority, required) and s3:// parsing
+spec.py      ModelSpec (name, source, priority, required); s3:// and oci:// parsing
+desired.py   the HotModelSets that apply to a node, merged into ModelSpecs
 layout.py    the cache dir: default, validation, paths of trees/manifests/staging/trash
-source.py    the source interface (list, details, ranged reads); s3.py implements it
+source.py    the source interface (list, details, ranged reads); s3.py and oci.py
+             implement it, sources.py makes one per model (shared clients)
 checksums.py which check an object gets (S3 checksum, MD5 ETag, multipart ETag), CRCs
 plan.py      pure: what changed since the published manifest, ranges of an object
 hashing.py   hashing a range as it arrives; objects.py one object's file and verification
@@ -21,29 +24,33 @@ inuse.py     open files, cwd, mmaps and mounts (all namespaces) of a tree
 evict.py     pure eviction plan; cache.py lock, listing, eviction, cleanup
 space.py     the image disk guard's high-water rule on the cache filesystem
 progress.py  live bars on a terminal, JSON log lines otherwise
-engine.py    sync(): the whole run
+engine.py    sync(): the whole run; keeper.py keeps a list synced from a thread (agent)
+gc.py        gc(): evict unlisted models; inventory.py what `models ls` shows
+commands.py  `nodeagent models ls|prewarm|gc` (the edge: flags to options)
+
+The names below load on first use, so ``nodeagent.models.spec`` (which the API's parser
+uses) stays a light import.
 """
 
-from nodeagent.models.cache import Entry, entries
-from nodeagent.models.engine import ModelResult, SyncOptions, SyncResult, sync
-from nodeagent.models.errors import ModelCacheError, ModelError
-from nodeagent.models.gc import gc
-from nodeagent.models.layout import CacheLayout, resolve_cache_dir
-from nodeagent.models.progress import make_reporter
-from nodeagent.models.spec import ModelSpec
+from __future__ import annotations
 
-__all__ = [
-    "CacheLayout",
-    "Entry",
-    "ModelCacheError",
-    "ModelError",
-    "ModelResult",
-    "ModelSpec",
-    "SyncOptions",
-    "SyncResult",
-    "entries",
-    "gc",
-    "make_reporter",
-    "resolve_cache_dir",
-    "sync",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Entry": "cache", "entries": "cache",
+    "ModelResult": "engine", "SyncOptions": "engine", "SyncResult": "engine", "sync": "engine",
+    "ModelCacheError": "errors", "ModelError": "errors",
+    "gc": "gc",
+    "CacheLayout": "layout", "resolve_cache_dir": "layout",
+    "make_reporter": "progress",
+    "ModelSpec": "spec",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nodeagent.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"nodeagent.models.{module}"), name)

@@ -1,11 +1,12 @@
 """``sync``: make the cache hold exactly the listed models, complete and verified.
 
-For each model, highest priority first: list the source, compare with the published
-manifest (plan.diff), and if anything changed build a new version in the staging dir
-(unchanged files hard-linked from the published tree, the rest downloaded in ranges,
-resuming what a killed run had finished), check disk space first (evicting unlisted
-models when allowed), verify every object, then publish it atomically (publish.py). One
-pool of connections serves all models. ``sync`` blocks; the agent calls it in a thread.
+For each model, highest priority first: list the source (S3 or OCI, sources.py),
+compare with the published manifest (plan.diff), and if anything changed build a new
+version in the staging dir (unchanged files hard-linked from the published tree, the
+rest downloaded in ranges, resuming what a killed run had finished), check disk space
+first (evicting unlisted models when allowed), verify every object, then publish it
+atomically (publish.py). One pool of connections serves all models. ``sync`` blocks;
+the agent calls it in a thread (keeper.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodeagent import metrics
 from nodeagent.log import fields
@@ -30,10 +31,13 @@ from nodeagent.models.pool import WorkerPool
 from nodeagent.models.progress import ModelProgress, Reporter
 from nodeagent.models.publish import fsync_tree, remove_tree, swap_in
 from nodeagent.models.runner import ModelJob
-from nodeagent.models.s3 import S3Source, make_client
 from nodeagent.models.source import ModelSource
+from nodeagent.models.sources import Sources
 from nodeagent.models.spec import ModelSpec
 from nodeagent.prewarm.diskguard import default_high_water_percent
+
+if TYPE_CHECKING:
+    from nodeagent.credentials.options import CredentialOptions
 
 log = logging.getLogger("nodeagent.models")
 DEFAULT_CONCURRENCY = 16  # connections; measured: 16-24 fill a 400 MiB/s link of 40 MiB/s streams
@@ -50,8 +54,10 @@ class SyncOptions:
     # it to the kernel: faster where the disk is slower than the network, but a crash in
     # the ~30 s before writeback can leave holes in a model published as complete.
     durable: bool = True
-    region: str | None = None
-    endpoint_url: str | None = None
+    region: str | None = None  # S3
+    endpoint_url: str | None = None  # S3
+    hosts_dir: Path | None = None  # OCI: containerd's hosts.toml dir (registry mirrors)
+    credentials: CredentialOptions | None = None  # OCI: the node's registry credentials
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -88,13 +94,15 @@ def sync(specs: Sequence[ModelSpec], options: SyncOptions | None = None,
     high_water = (options.high_water_percent if options.high_water_percent is not None
                   else default_high_water_percent())
     layout = CacheLayout(resolve_cache_dir(options.cache_dir))
-    if source_factory is None:
-        client = make_client(options.concurrency, options.region, options.endpoint_url)
-        source_factory = lambda spec: S3Source(spec.name, spec.source, client)  # noqa: E731
-    run = _Run(layout, specs, options, high_water, reporter, source_factory)
-    with cache.locked(layout):
-        cache.clean(layout, {s.name for s in specs})
-        return run.execute()
+    own = Sources(options) if source_factory is None else None
+    run = _Run(layout, specs, options, high_water, reporter, source_factory or own)
+    try:
+        with cache.locked(layout):
+            cache.clean(layout, {s.name for s in specs})
+            return run.execute()
+    finally:
+        if own is not None:
+            own.close()
 
 
 class _Run:
