@@ -151,7 +151,7 @@ class HotModelSetChecker(Checker):
             return None
         before = len(self.problems)
         name = self.model_name(item.get("name"), f"{path}.name")
-        source = self.source(item.get("source"), f"{path}.source")
+        source = self.model_source(item.get("source"), f"{path}.source")
         priority = self.int32(item.get("priority", 0), f"{path}.priority")
         required = self.boolean(item.get("required", False), f"{path}.required")
         if name is None or source is None or len(self.problems) != before:
@@ -166,7 +166,7 @@ class HotModelSetChecker(Checker):
             return None
         return value
 
-    def source(self, value: Any, path: str) -> str | None:
+    def model_source(self, value: Any, path: str) -> str | None:
         if value is None:
             self.report(path, f"Required value: {SOURCE_FORMS}")
             return None
