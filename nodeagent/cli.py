@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "nodeagent.prewarm.commands",
     "nodeagent.disks.commands",
     "nodeagent.snapshot.commands",
+    "nodeagent.models.commands",
     "nodeagent.agent.commands",
     "nodeagent.sandbox.commands",
 )
