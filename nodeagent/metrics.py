@@ -295,44 +295,48 @@ def record_hydration(phase: str, read_bytes: int, files: int, seconds: float) ->
 MODEL_FAILURE_REASONS = ("no_credentials", "access_denied", "not_found", "unreachable",
                          "no_space", "disk_guard", "corrupt", "invalid_source",
                          "source_changed", "cancelled", "other")
-MODELS_DOWNLOADED_BYTES = Counter(
-    "nodeagent_models_downloaded_bytes", "Bytes of model objects downloaded into the cache",
-    registry=REGISTRY,
-)
+MODEL_STATES = ("pending", "downloading", "present", "failed", "skipped")
+_M = {"registry": REGISTRY}
+MODELS_DOWNLOADED_BYTES = Counter("nodeagent_models_downloaded_bytes",
+                                  "Bytes of model objects downloaded into the cache", **_M)
 MODELS_RESUMED_BYTES = Counter(
     "nodeagent_models_resumed_bytes",
-    "Bytes of interrupted downloads reused from the staging dir instead of downloaded",
-    registry=REGISTRY,
-)
+    "Bytes of interrupted downloads reused from the staging dir instead of downloaded", **_M)
 MODELS_SYNC_DURATION = Histogram(
     "nodeagent_models_sync_duration_seconds",
     "Wall time of model syncs that published a new version (list, download, verify)",
-    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf")),
-    registry=REGISTRY,
-)
-MODELS_FAILURES = Counter(
-    "nodeagent_models_failures", "Model syncs that failed, by reason", ["reason"],
-    registry=REGISTRY,
-)
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf")), **_M)
+MODELS_FAILURES = Counter("nodeagent_models_failures", "Model syncs that failed, by reason",
+                          ["reason"], **_M)
 MODELS_CORRUPT_DOWNLOADS = Counter(
     "nodeagent_models_corrupt_downloads",
-    "Objects whose downloaded bytes did not match their checksum/ETag (then re-fetched)",
-    registry=REGISTRY,
-)
-MODELS_CACHE_BYTES = Gauge(
-    "nodeagent_models_cache_bytes", "Bytes of the published models in the cache",
-    registry=REGISTRY,
-)
-MODELS_CACHED = Gauge(
-    "nodeagent_models_cached", "Published models in the cache", registry=REGISTRY,
-)
-MODELS_EVICTIONS = Counter(
-    "nodeagent_models_evictions", "Models evicted from the cache to make room",
-    registry=REGISTRY,
-)
-MODELS_EVICTED_BYTES = Counter(
-    "nodeagent_models_evicted_bytes", "Bytes freed by evicting models", registry=REGISTRY,
-)
+    "Objects whose downloaded bytes did not match their checksum/ETag (then re-fetched)", **_M)
+MODELS_CACHE_BYTES = Gauge("nodeagent_models_cache_bytes",
+                           "Bytes of the published models in the cache", **_M)
+MODELS_CACHED = Gauge("nodeagent_models_cached", "Published models in the cache", **_M)
+MODELS_EVICTIONS = Counter("nodeagent_models_evictions",
+                           "Models evicted from the cache to make room", **_M)
+MODELS_EVICTED_BYTES = Counter("nodeagent_models_evicted_bytes",
+                               "Bytes freed by evicting models", **_M)
+MODELS_BY_STATE = Gauge("nodeagent_models", "Listed models for this node by state (agent, "
+                        "--watch-file)", ["state"], **_M)
+AGENT_HOTMODELSETS = Gauge("nodeagent_agent_hotmodelsets", "HotModelSets seen by the agent: "
+                           "selected for this node, not selected, invalid", ["state"], **_M)
+AGENT_MODELS_PREWARMED = Gauge("nodeagent_agent_models_prewarmed",
+                               "1 when the node condition ModelsPrewarmed is True", **_M)
 for _reason in MODEL_FAILURE_REASONS:
     MODELS_FAILURES.labels(reason=_reason)
+for _state in ("selected", "not_selected", "invalid"):
+    AGENT_HOTMODELSETS.labels(state=_state)
+
+
+def set_model_states(states: Iterable[str]) -> None:
+    counts = dict.fromkeys(MODEL_STATES, 0)
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    for state, count in counts.items():
+        MODELS_BY_STATE.labels(state=state).set(count)
+
+
+set_model_states(())
 # ------------------------------------------------------------------ end models

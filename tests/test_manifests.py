@@ -1,5 +1,6 @@
-"""The DaemonSet manifests in daemonset/: they parse, carry what the agent needs, the CRD
-is the hot list's own schema, and RBAC grants exactly the API calls the agent makes.
+"""The DaemonSet manifests in daemonset/: they parse, carry what the agent needs, the CRDs
+are the kinds' own schemas, the examples are valid, and RBAC grants exactly the API calls
+the agent makes.
 
 RBAC is checked against the calls recorded by tests/support/kubeapi.py, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here), while a real agent
@@ -41,13 +42,15 @@ from nodeagent.agent.commands import agent_config as cli_agent_config
 from nodeagent.api.crd import crd_manifest
 from nodeagent.api.hotimageset import parse_hotimageset
 from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA, HOTIMAGESET_OPENAPI_SCHEMA
+from nodeagent.api.hotmodelset import parse_hotmodelset
+from nodeagent.api.hotmodelset_schema import HOTMODELSET_OBJECT_SCHEMA
 from nodeagent.cli import build_parser
 from nodeagent.kube.taint import TaintSpec
 
 ROOT = Path(__file__).resolve().parent.parent / "daemonset"
 EXAMPLES_DIR = ROOT / "examples"
 NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "DaemonSet", "Service",
-              "ServiceMonitor"}
+              "ServiceMonitor", "Pod"}
 
 
 def documents(path: Path) -> list[dict]:
@@ -56,7 +59,8 @@ def documents(path: Path) -> list[dict]:
 
 # The agent's own examples (examples/ also holds node-group and snapshot-builder examples
 # of the snapshot feature, which its own tests check).
-AGENT_EXAMPLES = ("pull-secret-role.yaml", "servicemonitor.yaml")
+AGENT_EXAMPLES = ("pull-secret-role.yaml", "servicemonitor.yaml",
+                  "inference-pod-model-cache.yaml")
 
 
 def manifest_files() -> list[Path]:
@@ -94,13 +98,28 @@ def test_kustomization_lists_the_install():
             "ClusterRoleBinding", "Role", "RoleBinding", "DaemonSet", "Service"} <= kinds
 
 
+def crd(kind: str) -> dict:
+    [doc] = [d for _, d in all_documents() if d["kind"] == "CustomResourceDefinition"
+             and d["spec"]["names"]["kind"] == kind]
+    return doc
+
+
+def test_crd_file_holds_every_kind_generated():
+    kinds = [d["spec"]["names"]["kind"] for d in documents(ROOT / "crd.yaml")]
+    assert kinds == ["HotImageSet", "HotModelSet"]
+    for kind in kinds:
+        assert crd(kind) == crd_manifest(kind), \
+            "regenerate: python -m nodeagent.api.crd > daemonset/crd.yaml"
+    assert crd("HotModelSet")["spec"]["versions"][0]["schema"]["openAPIV3Schema"] == \
+        HOTMODELSET_OBJECT_SCHEMA
+
+
 def test_crd_is_the_hotlist_schema():
-    crd = one("CustomResourceDefinition")
-    assert crd == crd_manifest(), \
-        "regenerate: python -m nodeagent.api.crd HotImageSet > daemonset/crd.yaml"
-    assert crd["spec"]["scope"] == "Cluster"
-    [version] = crd["spec"]["versions"]
-    assert (crd["spec"]["group"], version["name"]) == ("nodeagent.io", "v1alpha1")
+    doc = crd("HotImageSet")
+    assert doc == crd_manifest()
+    assert doc["spec"]["scope"] == "Cluster"
+    [version] = doc["spec"]["versions"]
+    assert (doc["spec"]["group"], version["name"]) == ("nodeagent.io", "v1alpha1")
     schema = version["schema"]["openAPIV3Schema"]
     assert schema == HOTIMAGESET_OBJECT_SCHEMA
     assert schema["properties"]["spec"] == HOTIMAGESET_OPENAPI_SCHEMA
@@ -120,6 +139,30 @@ def test_example_hotimageset_is_valid_and_malformed_ones_are_rejected():
     assert {"spec.images[0].image", "spec.images[0].required", "spec.priority"} <= problems
 
 
+def test_example_hotmodelset_is_valid_and_the_pod_reads_its_model_read_only():
+    example = one("HotModelSet")
+    schema = crd_manifest("HotModelSet")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert validate_openapi(schema, example) == []
+    model_set = parse_hotmodelset(example, "example")
+    required = [m for m in model_set.models if m.required]
+    assert required and {m.source.split("://")[0] for m in model_set.models} == {"s3", "oci"}
+    duplicate = json.loads(json.dumps(example))
+    duplicate["spec"]["models"].append(dict(duplicate["spec"]["models"][0]))
+    assert any("Duplicate value" in message for _, message in validate_openapi(
+        schema, duplicate))  # the list-map key: the API server refuses two same names
+
+    pod = one("Pod")["spec"]
+    assert model_set.node_selector.matches(pod["nodeSelector"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = pod["containers"][0]["volumeMounts"]
+    assert mount["readOnly"] is True
+    host = volumes[mount["name"]]["hostPath"]
+    assert host["type"] == "Directory"
+    assert host["path"] == f"/mnt/k8s-disks/0/models/{required[0].name}"
+    assert not any(t.get("key") == "nodeagent.io/not-ready" for t in pod.get("tolerations",
+                                                                             []))
+
+
 def test_daemonset_has_what_the_agent_needs():
     ds = one("DaemonSet")
     pod = ds["spec"]["template"]["spec"]
@@ -137,6 +180,11 @@ def test_daemonset_has_what_the_agent_needs():
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     for path in ("/run/containerd", "/dev", "/sys", "/run/udev", "/var/lib/nodeagent"):
         assert path in mounts, path
+    # The model cache's two homes, at the host's own paths (what pods mount):
+    assert mounts["/mnt/k8s-disks"]["mountPropagation"] == "HostToContainer"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in ("/mnt/k8s-disks", "/var/lib/nodeagent"):
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
     provider = Path(env["NODEAGENT_CREDENTIAL_PROVIDER_CONFIG"]["value"])
     assert mounts[str(provider.parent)]["readOnly"] is True
     port = container["ports"][0]
@@ -201,7 +249,8 @@ def allowed(req: Request, roles) -> bool:
 
 @pytest.fixture
 def api():
-    with KubeApiDouble(crd_schema=HOTIMAGESET_OBJECT_SCHEMA) as server:
+    with KubeApiDouble(crd_schema=HOTIMAGESET_OBJECT_SCHEMA,
+                       crd_schemas={"HotModelSet": HOTMODELSET_OBJECT_SCHEMA}) as server:
         yield server
 
 

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="address to serve metrics on (default 0.0.0.0)")
     _taint_args(p)
     _rollout_args(p)
+    _models_args(p)
     add_credential_arguments(
         p, provider_config=_env("CREDENTIAL_PROVIDER_CONFIG", str(EKS_PROVIDER_CONFIG)),
         provider_bin_dir=_env("CREDENTIAL_PROVIDER_BIN_DIR"))
@@ -97,6 +98,34 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
                         "(default 30)")
 
 
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-models", action="store_true",
+                   default=_env("MODELS", "true") in ("0", "false"),
+                   help="do not watch HotModelSets nor keep a model cache (env "
+                        "NODEAGENT_MODELS=false)")
+    p.add_argument("--model-cache-dir", default=_env("MODEL_CACHE_DIR"), metavar="DIR",
+                   help="the model cache (env NODEAGENT_MODEL_CACHE_DIR; default models/ on "
+                        "the local-disk volume when disks setup made one, else "
+                        "/var/lib/nodeagent/models)")
+    p.add_argument("--models-resync", type=float, default=_env("MODELS_RESYNC", "600"),
+                   metavar="S",
+                   help="re-check the model sources every S seconds (default 600)")
+
+
+def models_config(args: argparse.Namespace):  # -> ModelsConfig | None
+    from nodeagent.agent.config import ModelsConfig
+    from nodeagent.models.layout import validate_cache_dir
+
+    if args.no_models:
+        return None
+    if args.model_cache_dir:
+        validate_cache_dir(args.model_cache_dir, "--model-cache-dir")
+    if args.models_resync < 10:
+        raise UsageError(f"--models-resync must be at least 10 seconds, got "
+                         f"{args.models_resync:g}")
+    return ModelsConfig(cache_dir=args.model_cache_dir or None, resync_s=args.models_resync)
+
+
 def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps CLI light)
     from nodeagent.agent.config import AgentConfig, DisksSetup
     from nodeagent.disks.commands import setup_options
@@ -132,6 +161,7 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         lease_namespace=args.lease_namespace,
         lease_duration_s=args.lease_duration,
         disks_setup=disks_setup,
+        models=models_config(args),
         heartbeat_s=args.heartbeat,
         status_min_interval_s=args.status_min_interval,
     )

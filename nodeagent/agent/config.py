@@ -21,6 +21,17 @@ class DisksSetup:
     options: DisksOptions
 
 
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The agent's model cache: HotModelSets -> <cache dir>/<name>/ on this node."""
+
+    cache_dir: str | None = None  # None: $NODEAGENT_MODEL_CACHE_DIR, disks mount, fallback
+    resync_s: float = 600.0  # re-list the sources (new versions, a deleted model) this often
+    retry_initial_s: float = 30.0  # after a failed pass, doubling to retry_max_s
+    retry_max_s: float = 600.0
+    concurrency: int = 16  # connections shared by all models
+
+
 @dataclass
 class AgentConfig:
     node_name: str
@@ -36,6 +47,7 @@ class AgentConfig:
     lease_namespace: str = "nodeagent"
     lease_duration_s: int = 30
     disks_setup: DisksSetup | None = None  # None: the agent never sets disks up
+    models: ModelsConfig | None = field(default_factory=ModelsConfig)  # None: no model cache
     disks_status_interval_s: float = 60.0
     heartbeat_s: float = 600.0
     status_min_interval_s: float = 10.0

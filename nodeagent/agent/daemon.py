@@ -9,6 +9,8 @@ Tasks (one asyncio loop, one process):
   send Events for failures and remove the startup taint when its time has come;
 - the prewarm engine (pulls, pins, self-heals), started only once the first selection
   is known, so a restart never unpins images for want of a list;
+- the model cache (agent/models.py): HotModelSets -> a sync thread, condition
+  ``ModelsPrewarmed``, Events; the startup taint also waits for ``required`` models;
 - local storage: ``nodeagent disks setup --restart-services`` only while the node still
   carries the startup taint (no workload can be running yet), in a child process;
 - /metrics, /healthz, /readyz on one port.
@@ -80,10 +82,20 @@ class Agent:
         self._taint_backoff = Backoff(initial_s=1.0, max_s=60.0)
         self._taint_retry_at = 0.0
 
-    def _mirror(self, resource: type, label: str, name: str | None = None) -> Mirror:
+        self.models = self._models()
+
+    def _mirror(self, resource: type, label: str, name: str | None = None,
+                optional: bool = False) -> Mirror:
         return Mirror(self.kube, resource, name=name, on_change=self._wake.set,
                       backoff=self.config.backoff(), timing=self.config.watch_timing,
-                      label=label)
+                      label=label, optional=optional)
+
+    def _models(self) -> Any:
+        if self.config.models is None:
+            return None
+        from nodeagent.agent.models import ModelsAgent
+
+        return ModelsAgent(self.config, self.kube, self.events, self._wake.set, self._mirror)
 
     def _engine(self) -> Any:
         from nodeagent.credentials.options import build_keyring
@@ -107,6 +119,8 @@ class Agent:
         mirror_stop = asyncio.Event()
         tasks = [self._spawn(self.node_mirror.run(mirror_stop), "watch-node"),
                  self._spawn(self.sets_mirror.run(mirror_stop), "watch-sets"),
+                 *([self._spawn(self.models.mirror.run(mirror_stop), "watch-models")]
+                   if self.models else []),
                  self._spawn(self._storage(stop), "storage"),
                  self._spawn(self._disk_metrics(stop), "disk-metrics")]
         try:
@@ -135,6 +149,8 @@ class Agent:
     async def _shutdown(self, tasks: list[asyncio.Task], mirror_stop: asyncio.Event) -> None:
         self.health.set_ready(False, "shutting down")
         self._engine_stop.set()
+        if self.models is not None:
+            await self.models.stop()
         if self._engine_task is not None:
             done, _ = await asyncio.wait({self._engine_task}, timeout=SHUTDOWN_GRACE_S)
             if not done:
@@ -165,8 +181,14 @@ class Agent:
             self.events.node_uid = node.metadata.uid
             self.status.adopt(node)
             self._select(node)
+            if self.models is not None:
+                self.models.select(node)
+                self._start_models()
         self._report_engine_changes()
         await self._report_condition()
+        if self.models is not None:
+            self.models.report_changes()
+            await self.models.report_condition(node, self._storage_problem())
         await self._startup_taint(node)
 
     def node(self) -> Any:
@@ -205,6 +227,13 @@ class Agent:
         self._spawn(boot_hydration(self.containerd, self.desired, self._engine_stop), "hydrate")
         self.health.set_ready(True, "watching")
 
+    def _start_models(self) -> None:
+        if self.models is not None and self.storage_settled.is_set():
+            self.models.start()
+
+    def _storage_problem(self) -> str | None:
+        return None if self.storage.ready else self.storage.problem
+
     def images_known(self) -> bool:
         """The engine has states for exactly the current desired list."""
         if self.desired is None or self._engine_task is None:
@@ -229,7 +258,7 @@ class Agent:
         if not self.images_known():
             return None
         return compute_condition(self.engine.snapshot().values(), self.selection.invalid,
-                                 None if self.storage.ready else self.storage.problem)
+                                 self._storage_problem())
 
     async def _report_condition(self) -> None:
         cond = self.condition()
@@ -251,9 +280,13 @@ class Agent:
             return
         states = self.engine.snapshot().values()
         missing = [s.image for s in states if s.required and s.state != PRESENT]
+        waiting_models, models_missing = (self.models.taint_blockers() if self.models
+                                          else (False, []))
         decision = decide(self.storage.ready, missing, time.monotonic() - self.started,
                           self.config.startup_taint_timeout_s,
-                          waiting_for_images=not self.images_known())
+                          waiting_for_images=not self.images_known(),
+                          required_models_missing=models_missing,
+                          waiting_for_models=waiting_models)
         if decision.remove:
             await self._remove_taint(spec, decision.why or "ready", decision.message)
 
@@ -285,6 +318,9 @@ class Agent:
         cond = self._last_condition
         if cond is not None:
             waits.append(self.status.next_due(cond) + 0.05)
+        models_due = self.models.next_due() if self.models else None
+        if models_due is not None:
+            waits.append(models_due + 0.05)
         if not self.taint_done and self.config.startup_taint is not None:
             now = time.monotonic()
             left = self.config.startup_taint_timeout_s - (now - self.started)
@@ -301,6 +337,7 @@ class Agent:
         finally:
             self.storage_settled.set()
             self._start_engine()
+            self._start_models()
             self._wake.set()
 
     async def _disk_metrics(self, stop: asyncio.Event) -> None:

@@ -77,13 +77,15 @@ class NodeConditionReporter:
 
     def __init__(self, client: Any, node_name: str, condition_type: str, *,
                  heartbeat_s: float = 600.0, min_interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, gauge: Any = None) -> None:
         self._client = client
         self._node_name = node_name
         self.condition_type = condition_type
         self.heartbeat_s = heartbeat_s
         self.min_interval_s = min_interval_s
         self._clock = clock
+        # 1 while the condition is True (default: the ImagesPrewarmed gauge).
+        self._gauge = gauge if gauge is not None else metrics.AGENT_CONDITION_TRUE
         self.last: Reported | None = None
         self.patches = 0
         self._failures = 0
@@ -155,7 +157,7 @@ class NodeConditionReporter:
         self.last = Reported(cond, transition, self._clock())
         self.patches += 1
         metrics.AGENT_STATUS_PATCHES.labels(outcome="patched").inc()
-        metrics.AGENT_CONDITION_TRUE.set(1 if cond.status == "True" else 0)
+        self._gauge.set(1 if cond.status == "True" else 0)
         log.info("node condition updated", extra=fields(
             condition=self.condition_type, status=cond.status, reason=cond.reason,
             message=cond.message))

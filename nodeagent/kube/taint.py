@@ -92,11 +92,14 @@ class TaintDecision:
 
 
 def decide(storage_ready: bool, required_missing: Sequence[str], elapsed_s: float,
-           timeout_s: float, waiting_for_images: bool = True) -> TaintDecision:
+           timeout_s: float, waiting_for_images: bool = True,
+           required_models_missing: Sequence[str] = (),
+           waiting_for_models: bool = False) -> TaintDecision:
     """Whether to remove the startup taint now; pure.
 
     ``waiting_for_images`` is False until the agent knows the node's hot list (so an
-    empty list seen before the first sync does not count as "all present").
+    empty list seen before the first sync does not count as "all present");
+    ``waiting_for_models`` likewise for the node's model list.
     """
     blockers = []
     if not storage_ready:
@@ -104,16 +107,23 @@ def decide(storage_ready: bool, required_missing: Sequence[str], elapsed_s: floa
     if waiting_for_images:
         blockers.append("the hot list is not known yet")
     elif required_missing:
-        shown = ", ".join(required_missing[:3])
-        more = f" and {len(required_missing) - 3} more" if len(required_missing) > 3 else ""
-        blockers.append(f"required images missing: {shown}{more}")
+        blockers.append(f"required images missing: {_some(required_missing)}")
+    if waiting_for_models:
+        blockers.append("the model list is not known yet")
+    elif required_models_missing:
+        blockers.append(f"required models missing: {_some(required_models_missing)}")
     if not blockers:
         return TaintDecision(True, "ready", "local storage ready and required hot images "
-                             "present")
+                             "and models present")
     if elapsed_s >= timeout_s:
         return TaintDecision(True, "timeout", f"timed out after {timeout_s:g}s: "
                              + "; ".join(blockers))
     return TaintDecision(False, None, "; ".join(blockers))
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 class ConflictRetriesExhausted(Exception):

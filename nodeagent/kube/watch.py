@@ -16,6 +16,11 @@ earlier, which also bounds how long a silently dead connection goes unnoticed. D
 connections resume from the last seen resourceVersion without re-listing; errors back
 off exponentially with jitter. ``on_change`` is called after every change, from the
 event loop, and must be cheap (it typically sets an asyncio.Event).
+
+``optional=True`` is for a resource the cluster may not serve (a newer CRD not installed
+yet) or this agent may not be allowed to read (RBAC not updated): a 404 or 403 on the
+list counts as "no objects" (synced, so the agent is not held up waiting for it), is
+logged once with what to do, and the list is retried every ``optional_retry_s``.
 """
 
 from __future__ import annotations
@@ -88,6 +93,15 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _status_code(exc: BaseException) -> int | None:
+    from lightkube import ApiError
+
+    if isinstance(exc, ApiError):
+        return getattr(exc.status, "code", None)
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
 def object_key(obj: Any) -> str:
     meta = obj.metadata
     return f"{meta.namespace}/{meta.name}" if meta.namespace else meta.name
@@ -107,6 +121,8 @@ class Mirror:
         backoff: Backoff | None = None,
         timing: WatchTiming | None = None,
         label: str | None = None,
+        optional: bool = False,
+        optional_retry_s: float = 300.0,
     ) -> None:
         self._client = client
         self._res = resource
@@ -116,6 +132,8 @@ class Mirror:
         self._backoff = backoff or Backoff()
         self._timing = timing or WatchTiming()
         self.label = label or resource.__name__
+        self._optional, self._optional_retry_s = optional, optional_retry_s
+        self.unavailable: int | None = None  # 404/403 of an optional resource
         self.items: dict[str, Any] = {}
         self.synced = asyncio.Event()
         self.connected = False
@@ -157,6 +175,11 @@ class Mirror:
                     need_sync = True
                     await asyncio.sleep(random.uniform(0, 0.2))
                     continue
+                if self._optional and _status_code(exc) in (403, 404):
+                    self._absent(_status_code(exc))
+                    need_sync = True
+                    await asyncio.sleep(self._optional_retry_s)
+                    continue
                 self.errors += 1
                 metrics.KUBE_API_ERRORS.labels(resource=self.label).inc()
                 delay = self._backoff.delay()
@@ -165,12 +188,26 @@ class Mirror:
                                          retry_in_s=round(delay, 2)))
                 await asyncio.sleep(delay)
 
+    def _absent(self, code: int | None) -> None:
+        """An optional resource the server does not serve (404) or we may not read (403)."""
+        if self.unavailable != code:
+            why = ("the API server does not serve it: apply its CustomResourceDefinition "
+                   "(daemonset/crd.yaml)" if code == 404 else "forbidden: the agent's "
+                   "ClusterRole needs list and watch on it (daemonset/rbac.yaml)")
+            (log.info if code == 404 else log.warning)(
+                "resource unavailable; treating it as empty and checking again later",
+                extra=fields(resource=self.label, why=why,
+                             retry_in_s=self._optional_retry_s))
+        self.unavailable = code
+        self._replace({})
+
     async def _sync(self) -> str | None:
         """Replace ``items`` with the server's state; return the version to watch from."""
         if self._name is not None:
             return await self._sync_named()
         listing = self._client.list(self._res, namespace=self._namespace)
         items = {object_key(obj): obj async for obj in listing}
+        self.unavailable = None
         self._replace(items)
         return _list_version(listing)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from nodeagent import metrics
 from nodeagent.errors import NodeagentError
 from nodeagent.log import fields, redact_text
 from nodeagent.models.engine import SyncOptions, SyncResult, sync
@@ -83,6 +84,7 @@ class ModelKeeper:
             self._desired = wanted
             now = {s.name: s for s in wanted}
             self._states = {s.name: self._carry(self._states.get(s.name), s) for s in wanted}
+            metrics.set_model_states(s.state for s in self._states.values())
             gone = [n for n, src in self._running.items()
                     if n not in now or now[n].source != src]
             if gone and self._pass_stop is not None:
@@ -140,8 +142,8 @@ class ModelKeeper:
                 if self._stopping:
                     return
                 specs = self._desired
-            if specs is None:
-                wait = 0.0
+            if not specs:
+                wait = 0.0  # nothing listed: nothing to sync (and no cache dir to create)
                 continue
             ok = self._pass(specs)
             failures = 0 if ok else failures + 1
@@ -203,6 +205,7 @@ class ModelKeeper:
                           else "", message=p.message, bytes_done=p.bytes_done,
                           bytes_total=p.bytes_total)
             self._states[p.name] = new
+            metrics.set_model_states(s.state for s in self._states.values())
             if (old.state, old.reason) != (new.state, new.reason):
                 self._changes.append(Change(p.name, new.state, new.reason, new.message))
         self.on_change()

@@ -37,6 +37,14 @@ def hot_set(name: str, *images: str, required: bool = False, **spec: Any) -> dic
     }
 
 
+def model_set(name: str, *models: tuple, **spec: Any) -> dict:
+    """A HotModelSet; each model is (name, source) or (name, source, priority, required)."""
+    entries = [{"name": m[0], "source": m[1], "priority": m[2] if len(m) > 2 else 0,
+                "required": m[3] if len(m) > 3 else False} for m in models]
+    return {"apiVersion": "nodeagent.io/v1alpha1", "kind": "HotModelSet",
+            "metadata": {"name": name}, "spec": {"models": entries, **spec}}
+
+
 def add_node(api: KubeApiDouble, name: str, labels: dict | None = None,
              taints: list | None = None) -> dict:
     return api.create("nodes", {
@@ -121,10 +129,11 @@ async def present_digests(client: ContainerdClient) -> set[str]:
     return {r.target_digest for r in await client.list_image_records()}
 
 
-def condition(api: KubeApiDouble, node: str) -> dict | None:
+def condition(api: KubeApiDouble, node: str, condition_type: str = CONDITION_TYPE
+              ) -> dict | None:
     obj = api.get("nodes", node)
     for cond in (obj or {}).get("status", {}).get("conditions", []):
-        if cond["type"] == CONDITION_TYPE:
+        if cond["type"] == condition_type:
             return cond
     return None
 

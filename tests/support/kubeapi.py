@@ -27,7 +27,8 @@ agent talks to it through lightkube exactly as it would to a cluster:
   agent uses, e.g. node conditions by ``type``) and JSON patch with the ``test`` op
   (failure is a 422, as the real server answers); a ``metadata.resourceVersion`` in a
   merge patch is a precondition (409 when stale);
-- admission validation of HotImageSets against the CRD's openAPIV3Schema when given.
+- admission validation of nodeagent.io objects against their CRD's openAPIV3Schema when
+  given (``crd_schema`` for HotImageSet, ``crd_schemas`` by kind), list-map keys included.
 
 Tests control it from the outside: ``stop()``/``start()`` (the API server goes away and
 comes back on the same port), ``drop_connections()`` (connections cut mid-stream),
@@ -80,6 +81,7 @@ KINDS = (
     Kind("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
     Kind("events.k8s.io", "v1", "events", "Event", namespaced=True),
     Kind("nodeagent.io", "v1alpha1", "hotimagesets", "HotImageSet", namespaced=False),
+    Kind("nodeagent.io", "v1alpha1", "hotmodelsets", "HotModelSet", namespaced=False),
 )
 _KIND_BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 
@@ -246,9 +248,12 @@ class Store:
 class KubeApiDouble:
     """The test double's control surface; see the module docstring."""
 
-    def __init__(self, crd_schema: dict | None = None) -> None:
+    def __init__(self, crd_schema: dict | None = None,
+                 crd_schemas: dict[str, dict] | None = None) -> None:
         self.store = Store()
-        self.crd_schema = crd_schema
+        self.crd_schemas = dict(crd_schemas or {})
+        if crd_schema is not None:
+            self.crd_schemas["HotImageSet"] = crd_schema
         self.requests: list[Request] = []
         self.hooks: list[Callable[[Request], None]] = []
         self.watch_gone_as_http = False
@@ -406,16 +411,17 @@ class KubeApiDouble:
         return self.store.write(kind, obj, "ADDED")
 
     def _validate(self, kind: Kind, obj: dict) -> None:
-        if kind.kind != "HotImageSet" or self.crd_schema is None:
+        schema = self.crd_schemas.get(kind.kind)
+        if schema is None:
             return
-        problems = validate_openapi(self.crd_schema, obj)
+        problems = validate_openapi(schema, obj)
         if problems:
             name = obj.get("metadata", {}).get("name", "")
             causes = [{"field": path, "message": msg} for path, msg in problems]
             text = ", ".join(f"{path}: {msg}" for path, msg in problems)
             raise ApiFailure(422, "Invalid",
-                             f'HotImageSet.nodeagent.io "{name}" is invalid: {text}',
-                             {"name": name, "kind": "HotImageSet", "causes": causes})
+                             f'{kind.kind}.nodeagent.io "{name}" is invalid: {text}',
+                             {"name": name, "kind": kind.kind, "causes": causes})
 
     def handle(self, req: Request, kind: Kind) -> tuple[int, Any]:
         """Non-watch requests; returns (HTTP code, JSON body)."""
@@ -898,9 +904,18 @@ def _check_array(schema: dict, value: list, path: str, out: list) -> None:
     if "maxItems" in schema and len(value) > schema["maxItems"]:
         out.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} "
                     "items"))
+    keys = schema.get("x-kubernetes-list-map-keys") if schema.get(
+        "x-kubernetes-list-type") == "map" else None
+    seen: set = set()
     for i, item in enumerate(value):
         if "items" in schema:
             _check(schema["items"], item, f"{path}[{i}]", out)
+        if keys and isinstance(item, dict):
+            key = tuple(json.dumps(item.get(k)) for k in keys)
+            if key in seen:
+                shown = dict(zip(keys, key, strict=True))
+                out.append((f"{path}[{i}]", f"Duplicate value: {shown}"))
+            seen.add(key)
 
 
 # -- HTTP ---------------------------------------------------------------------------------
