@@ -75,6 +75,16 @@ def test_system_or_relative_cache_dirs_are_refused(path: str) -> None:
         validate_cache_dir(path, "--cache-dir")
 
 
+def test_inside_containerd_root_only_its_own_directory() -> None:
+    """A data volume mounted at containerd's root (snapshot builders): the cache may sit
+    in its own directory there, nowhere else in containerd's tree."""
+    assert str(validate_cache_dir("/var/lib/containerd/nodeagent-models/", "x")) == (
+        "/var/lib/containerd/nodeagent-models")
+    with pytest.raises(UsageError, match="inside containerd's root only "
+                                         "/var/lib/containerd/nodeagent-models"):
+        validate_cache_dir("/var/lib/containerd/nodeagent-models/../io.containerd.x", "x")
+
+
 def test_cache_dir_must_be_a_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="exists and is not a directory"):

@@ -34,6 +34,10 @@ _FORBIDDEN_TREES = ("/proc", "/sys", "/dev", "/boot", "/etc", "/usr", "/bin", "/
                     "/lib", "/lib32", "/lib64", "/run", "/var/lib/containerd",
                     "/var/lib/kubelet", "/var/log")
 _FORBIDDEN_EXACT = ("/", "/var", "/var/lib", "/home", "/root", "/tmp", "/mnt", "/opt", "/srv")
+# The one place inside containerd's root a cache may be: a directory of its own, for data
+# volumes mounted at containerd's root (the AL2023 snapshot builder) so that the models
+# ride along in the snapshot. containerd never looks at it.
+CONTAINERD_ROOT_CACHE_DIR = "/var/lib/containerd/nodeagent-models"
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,16 @@ def validate_cache_dir(path: str, what: str) -> Path:
         raise UsageError(f"{what} {path!r}: must be an absolute path")
     norm = os.path.normpath(path)
     for candidate in {norm, os.path.realpath(norm)}:
+        if candidate == CONTAINERD_ROOT_CACHE_DIR or candidate.startswith(
+                CONTAINERD_ROOT_CACHE_DIR + "/"):
+            continue
         if candidate in _FORBIDDEN_EXACT or any(
                 candidate == t or candidate.startswith(t + "/") for t in _FORBIDDEN_TREES):
+            inside = (f" (inside containerd's root only {CONTAINERD_ROOT_CACHE_DIR})"
+                      if candidate.startswith("/var/lib/containerd") else "")
             raise UsageError(f"{what} {path!r}: refusing a system directory ({candidate}); "
-                             "use a directory of its own, e.g. /mnt/k8s-disks/0/models")
+                             "use a directory of its own, e.g. /mnt/k8s-disks/0/models"
+                             + inside)
     probe = Path(norm)
     while not probe.exists():
         if probe.is_symlink():

@@ -27,6 +27,9 @@ from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT
 from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
+    from nodeagent.models.desired import DesiredModels
+    from nodeagent.models.engine import SyncOptions
+    from nodeagent.prewarm.config import PrewarmOptions
     from nodeagent.prewarm.desired import DesiredImage
     from nodeagent.snapshot.create import CreateOptions
     from nodeagent.snapshot.ec2 import AwsOptions
@@ -132,6 +135,14 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
                    metavar="FILE", help="HotImageSet YAML file or directory (repeatable)")
     p.add_argument("--node-labels", metavar="K=V,...",
                    help="evaluate nodeSelectors against these labels instead of taking all")
+    p.add_argument("--models-file", dest="models_files", action="append", type=Path,
+                   default=[], metavar="FILE",
+                   help="HotModelSet file or directory (repeatable): also download these "
+                        "models into the model cache, which must be on the same volume")
+    p.add_argument("--model-cache-dir", metavar="DIR",
+                   help="the model cache for --models-file (default as `models prewarm`; "
+                        "when the volume is mounted at containerd's root: "
+                        "/var/lib/containerd/nodeagent-models)")
     add_engine_arguments(p)
     add_credential_arguments(p)
     _add_create_arguments(p)
@@ -243,26 +254,55 @@ def create_handler(args: argparse.Namespace) -> int:
 def build_handler(args: argparse.Namespace) -> int:
     from nodeagent.credentials.options import build_keyring
     from nodeagent.prewarm.desired import load_desired
-    from nodeagent.snapshot.build import prewarm_and_verify
+    from nodeagent.snapshot.build import prewarm_and_verify, sync_models_and_verify
 
     options = create_options(args)
     prewarm = prewarm_options(args)
     desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
     if not desired:
         raise UsageError("the hot list selects no image: nothing to build a snapshot of")
+    models = _build_models(args, prewarm) if args.models_files else None
+    if models is None and args.model_cache_dir:
+        raise UsageError("--model-cache-dir needs --models-file (the models to put in it)")
     keyring = build_keyring(prewarm.credentials)
     version, images = asyncio.run(prewarm_and_verify(args.containerd_address, prewarm.engine,
                                                      desired, keyring))
-    return _create(options, images, version, args.output)
+    names = sync_models_and_verify(*models) if models else []
+    return _create(options, images, version, args.output, names)
 
 
-def _create(options: CreateOptions, images: list[str], version: str, output: str) -> int:
+def _build_models(args: argparse.Namespace, prewarm: PrewarmOptions
+                  ) -> tuple[DesiredModels, SyncOptions]:
+    """The models of `snapshot build`, every check made before anything is downloaded:
+    the list, the cache dir, and that the cache is on the volume being snapshotted."""
+    from nodeagent.models.desired import ModelListFiles, load_desired_models
+    from nodeagent.models.engine import SyncOptions
+    from nodeagent.models.layout import resolve_cache_dir, validate_cache_dir
+    from nodeagent.prewarm.commands import parse_node_labels
+    from nodeagent.snapshot.build import check_cache_on_volume
+
+    cache = (validate_cache_dir(args.model_cache_dir, "--model-cache-dir")
+             if args.model_cache_dir else resolve_cache_dir(None))
+    check_cache_on_volume(cache, args.containerd_root)
+    desired = load_desired_models(ModelListFiles(
+        tuple(args.models_files), parse_node_labels(args.node_labels),
+        all_sets=args.node_labels is None))
+    if not desired.models:
+        raise UsageError("--models-file selects no model: leave it out to snapshot images only")
+    engine = prewarm.engine
+    return desired, SyncOptions(cache_dir=str(cache), high_water_percent=engine.high_water_percent,
+                                hosts_dir=engine.hosts_dir, credentials=prewarm.credentials)
+
+
+def _create(options: CreateOptions, images: list[str], version: str, output: str,
+            models: list[str] | None = None) -> int:
     from nodeagent.snapshot.create import create_snapshot
     from nodeagent.snapshot.output import WaitProgress, print_create
 
     progress = WaitProgress(live=sys.stderr.isatty())
     try:
-        result, meta = create_snapshot(options, images, version, on_progress=progress)
+        result, meta = create_snapshot(options, images, version, on_progress=progress,
+                                       models=models or ())
     finally:
         progress.close()
     print_create(result, meta, output)

@@ -88,7 +88,7 @@ def resolve_volume_id(options: CreateOptions, aws: AwsClients) -> str:
 
 
 def create_snapshot(options: CreateOptions, images: list[str], containerd_version: str,
-                    on_progress: Callable[[str, str, str], None]
+                    on_progress: Callable[[str, str, str], None], models: Sequence[str] = ()
                     ) -> tuple[workflow.CreateResult, T.SnapshotMetadata]:
     check_not_root_filesystem(options.containerd_root, options.allow_root_filesystem)
     check_volume_contents(options.containerd_root, options.kubelet_dir,
@@ -96,10 +96,11 @@ def create_snapshot(options: CreateOptions, images: list[str], containerd_versio
     aws = AwsClients(options.aws)
     volume_id = resolve_volume_id(options, aws)
     meta = T.SnapshotMetadata(
-        hotlist_digest=T.hotlist_digest(images), images=tuple(images),
+        hotlist_digest=T.hotlist_digest(images, models), images=tuple(images),
         architecture=architecture(), containerd_version=containerd_version,
         source_node=options.node_name, created_at=datetime.now(UTC),
         source_instance=options.instance_id or imds.instance_id() or "",
+        models=tuple(models),
     )
     req = workflow.CreateRequest(
         volume_id=volume_id, metadata=meta,

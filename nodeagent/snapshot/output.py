@@ -59,6 +59,7 @@ def print_create(result: CreateResult, meta: T.SnapshotMetadata, output: str) ->
             "consistency": result.consistency,
             "freezeSeconds": result.freeze_seconds, "waitSeconds": round(result.wait_seconds, 1),
             "hotlistDigest": meta.hotlist_digest, "images": list(meta.images),
+            "models": list(meta.models),
             "fastRestoreZones": list(result.fsr_zones), "ssmParameter": result.ssm_parameter,
             "duplicates": result.duplicates,
         }, indent=2))

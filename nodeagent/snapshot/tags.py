@@ -25,6 +25,8 @@ SOURCE_INSTANCE = PREFIX + "source-instance"
 CREATED_AT = PREFIX + "created-at"
 CONSISTENCY = PREFIX + "consistency"  # "frozen" or "crash" (not frozen / window overran)
 REQUEST_ID = PREFIX + "request-id"  # finds duplicates created by a retried CreateSnapshot
+MODELS = PREFIX + "models"  # names of the models in the model cache on the volume
+MODEL_COUNT = PREFIX + "model-count"
 
 MAX_VALUE = 256
 MAX_IMAGE_TAGS = 30  # leaves room for the fixed tags and the user's own
@@ -41,11 +43,14 @@ class SnapshotMetadata:
     source_instance: str = ""
     consistency: str = "frozen"
     request_id: str = ""
+    models: tuple[str, ...] = ()  # the model cache's models on the volume (snapshot build)
 
 
-def hotlist_digest(references: Iterable[str]) -> str:
-    """Digest of the set of hot image references (order and duplicates do not matter)."""
-    canonical = "\n".join(sorted(set(references))) + "\n"
+def hotlist_digest(references: Iterable[str], models: Iterable[str] = ()) -> str:
+    """Digest of the set of hot image references (order and duplicates do not matter),
+    plus the model names when the volume carries models."""
+    entries = {*references, *(f"model:{name}" for name in models)}
+    canonical = "\n".join(sorted(entries)) + "\n"
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -88,6 +93,9 @@ def build_tags(meta: SnapshotMetadata, name: str = "") -> list[dict[str, str]]:
         tags["Name"] = name
     for index, chunk in enumerate(chunk_images(meta.images), start=1):
         tags[f"{IMAGES}.{index}"] = chunk
+    if meta.models:
+        tags[MODEL_COUNT] = str(len(meta.models))
+        tags[MODELS] = (chunk_images(meta.models, max_tags=1) or [""])[0]
     return [{"Key": k, "Value": v[:MAX_VALUE]} for k, v in tags.items()]
 
 
