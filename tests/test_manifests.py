@@ -311,6 +311,8 @@ CHECKED = {
     "daemonset.yaml": "kubernetes", "service.yaml": "kubernetes",
     "kustomization.yaml": "kustomize (rendered, output against the schemas)",
     "hotimageset-example.yaml": "the CRD's schema (test_example_hotimageset_is_valid...)",
+    "hotmodelset-example.yaml": "the CRD's schema (test_example_hotmodelset_is_valid...)",
+    "examples/inference-pod-model-cache.yaml": "kubernetes",
     "examples/pull-secret-role.yaml": "kubernetes",
     "examples/servicemonitor.yaml": "skipped: a Prometheus Operator CRD (monitoring."
                                     "coreos.com), not part of the Kubernetes schemas",
@@ -380,10 +382,10 @@ def test_python_rendering_matches_kubectl_kustomize(tmp_path):
 
 
 def test_crd_is_a_structural_schema():
-    crd = one("CustomResourceDefinition")
-    for version in crd["spec"]["versions"]:
-        schema = version["schema"]["openAPIV3Schema"]
-        assert structural_problems(schema) == [], version["name"]
+    for kind in ("HotImageSet", "HotModelSet"):
+        for version in crd(kind)["spec"]["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            assert structural_problems(schema) == [], (kind, version["name"])
     bad = {"type": "object", "properties": {
         "spec": {"properties": {"n": {"type": "integer"}}, "additionalProperties": True},
         "list": {"type": "array", "x-kubernetes-list-type": "map", "items": {"type": "string"}},
