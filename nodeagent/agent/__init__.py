@@ -8,7 +8,9 @@ selection.py  which HotImageSets apply to this node; the engine's progress feed
 condition.py  the ImagesPrewarmed condition rule
 storage.py    `disks setup` in a child process, disk metrics
 hydration.py  after a restore from a snapshot, read the hot images' blocks once per boot
+models.py     HotModelSets -> this node's model cache (a keeper thread), its status
+models_condition.py  the ModelsPrewarmed condition rule
 
-It imports the concerns (kube, prewarm, disks, snapshot, credentials, api); none of them
-imports it.
+It imports the concerns (kube, prewarm, models, disks, snapshot, credentials, api); none
+of them imports it.
 """

@@ -149,14 +149,15 @@ class Agent:
     async def _shutdown(self, tasks: list[asyncio.Task], mirror_stop: asyncio.Event) -> None:
         self.health.set_ready(False, "shutting down")
         self._engine_stop.set()
-        if self.models is not None:
-            await self.models.stop()
+        models = asyncio.create_task(self.models.stop()) if self.models else None  # meanwhile
         if self._engine_task is not None:
             done, _ = await asyncio.wait({self._engine_task}, timeout=SHUTDOWN_GRACE_S)
             if not done:
                 log.warning("engine did not stop in time; cancelling")
                 self._engine_task.cancel()
                 await asyncio.gather(self._engine_task, return_exceptions=True)
+        if models is not None:
+            await models
         mirror_stop.set()
         for task in tasks:
             task.cancel()

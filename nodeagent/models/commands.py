@@ -143,11 +143,10 @@ def sync_options(args: argparse.Namespace, cache_dir: str | None = None) -> Any:
         hosts_dir = DEFAULT_HOSTS_DIR
     chosen = cache_dir if cache_dir is not None else args.cache_dir
     resolve_cache_dir(chosen)  # a bad directory fails now, before anything is fetched
-    credentials = credential_options(args) if hasattr(args, "docker_config") else None
-    if credentials is not None:
-        from nodeagent.credentials.options import build_keyring
+    from nodeagent.credentials.options import build_keyring
 
-        build_keyring(credentials)  # unreadable credential files fail now, too
+    credentials = credential_options(args)
+    build_keyring(credentials)  # unreadable credential files fail now, too
     return SyncOptions(cache_dir=chosen, concurrency=concurrency,
                        high_water_percent=args.high_water, evict=not args.no_evict,
                        hosts_dir=hosts_dir, credentials=credentials)
