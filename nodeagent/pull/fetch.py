@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -123,6 +124,7 @@ class BlobFetcher:
                     await asyncio.sleep(0.5 * 2 ** attempt)
             chunks.done(index)
             watermark.advance(chunks.prefix())
+            start_writeback(fd, *chunks.bounds(index))
 
     async def _range(self, endpoint: Endpoint, url: str, source: BlobSource, fd: int,
                      start: int, end: int, chunks: _ChunkLog, index: int,
@@ -265,6 +267,29 @@ class _ChunkLog:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._file.close()
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Ask the kernel to start writing a finished chunk to disk now (sync_file_range,
+    SYNC_FILE_RANGE_WRITE: it does not wait), so the blob's final flush before containerd
+    records it has little left to do. A no-op where the call is missing."""
+    if _LIBC is not None:
+        _LIBC.sync_file_range(fd, ctypes.c_int64(start), ctypes.c_int64(end - start),
+                              _SYNC_FILE_RANGE_WRITE)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                         ctypes.c_uint]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_LIBC = _libc()
 
 
 def _read_lines(path: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.containerd.store import ContainerdStore
+from nodeagent.log import fields
 from nodeagent.pull import plan as p
 from nodeagent.pull.commit import commit_layer
 from nodeagent.pull.content import store_document, store_layer_blob, sync_file
@@ -29,6 +31,8 @@ from nodeagent.pull.watermark import Watermark
 from nodeagent.pull.workers import UnpackPool, UnpackProgress
 from nodeagent.registry.endpoints import registry_endpoints
 from nodeagent.registry.session import Request
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +156,10 @@ class ImagePull:
         if staged is None:
             self.progress.fetched += layer.blob.size
         self.progress.unpacked_done += result.unpacked_bytes
+        log.debug("layer unpacked", extra=fields(
+            layer=digest, chain=layer.chain_id, entries=result.entries,
+            unpacked_bytes=result.unpacked_bytes, seconds=round(result.seconds, 3),
+            fetched=staged is not None))
         return _Unpacked(layer, result, staged)
 
     def _fetcher(self, layer: p.LayerPlan):  # type: ignore[no-untyped-def]
@@ -202,6 +210,8 @@ class ImagePull:
                                        labels, self.lease)
             await commit_layer(self.store, self.setup, layer, unpacked.result.target,
                                unpacked.result.implicit_dirs, self.lease)
+            log.debug("layer committed", extra=fields(layer=layer.blob.digest,
+                                                      chain=layer.chain_id))
         finally:
             shutil.rmtree(unpacked.result.target, ignore_errors=True)  # if still staged
             if staged is not None:
