@@ -74,6 +74,7 @@ class ImagePull:
         self.tools, self.plan, self.request = tools, plan, request
         self.config, self.lease, self.progress = config, lease, progress
         self.store, self.setup, self.sharing = tools.store, tools.setup, tools.sharing
+        self._registrations: dict[str, asyncio.Task[None]] = {}  # chain -> its blob's
 
     async def run(self) -> None:
         snapshotter = self.setup.snapshotter
@@ -95,6 +96,8 @@ class ImagePull:
         try:
             for layer in missing:  # chain order: a layer's parent is committed before it
                 await self._settle(layer, owned, others)
+            for registration in self._registrations.values():
+                await registration  # every blob in the content store before the records
         except BaseException as exc:
             await self._abandon(owned, exc)
             raise
@@ -115,12 +118,12 @@ class ImagePull:
         except BaseException as exc:
             self.sharing.settle(chain, exc)
             raise
-        self.sharing.settle(chain)
 
     async def _abandon(self, owned: dict[str, asyncio.Task[_Unpacked]],
                        error: BaseException) -> None:
-        for task in owned.values():
+        for task in [*owned.values(), *self._registrations.values()]:
             task.cancel()
+        await asyncio.gather(*self._registrations.values(), return_exceptions=True)
         results = await asyncio.gather(*owned.values(), return_exceptions=True)
         for chain, result in zip(owned, results, strict=True):
             self.sharing.settle(chain, error)  # no-op for chains already settled
@@ -198,6 +201,29 @@ class ImagePull:
                           reference.registry, reference.repository, self.request)
 
     async def _commit(self, unpacked: _Unpacked) -> None:
+        """The snapshot now (the next layer waits for it); the blob's flush to disk and its
+        registration in the content store go on in the background (``_register``)."""
+        layer = unpacked.layer
+        try:
+            await commit_layer(self.store, self.setup, layer, unpacked.result.target,
+                               unpacked.result.implicit_dirs, self.lease)
+        except BaseException:
+            shutil.rmtree(unpacked.result.target, ignore_errors=True)
+            if unpacked.staged is not None:
+                await self.sharing.release(unpacked.staged)
+            raise
+        log.debug("layer committed", extra=fields(layer=layer.blob.digest,
+                                                  chain=layer.chain_id))
+        registration = asyncio.create_task(self._register(unpacked))
+        registration.add_done_callback(lambda task: self._registered(layer.chain_id, task))
+        self._registrations[layer.chain_id] = registration
+
+    def _registered(self, chain: str, task: asyncio.Task[None]) -> None:
+        """Images waiting for this layer may go on once its blob is in the store too."""
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        self.sharing.settle(chain, error)
+
+    async def _register(self, unpacked: _Unpacked) -> None:
         layer, staged = unpacked.layer, unpacked.staged
         try:
             if staged is not None and staged.synced is not None:
@@ -208,12 +234,7 @@ class ImagePull:
                 await store_layer_blob(self.store, self.setup, layer.blob.digest,
                                        layer.blob.size, staged.path if staged else None,
                                        labels, self.lease)
-            await commit_layer(self.store, self.setup, layer, unpacked.result.target,
-                               unpacked.result.implicit_dirs, self.lease)
-            log.debug("layer committed", extra=fields(layer=layer.blob.digest,
-                                                      chain=layer.chain_id))
         finally:
-            shutil.rmtree(unpacked.result.target, ignore_errors=True)  # if still staged
             if staged is not None:
                 await self.sharing.release(staged)
 
