@@ -18,6 +18,7 @@ from nodeagent.api.hotmodelset import (
     parse_hotmodelset,
 )
 from nodeagent.api.hotmodelset_schema import HOTMODELSET_OBJECT_SCHEMA, HOTMODELSET_OPENAPI_SCHEMA
+from nodeagent.api.model_source import parse_source
 from nodeagent.api.selector import parse_label_selector
 from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.models.desired import (
@@ -26,7 +27,7 @@ from nodeagent.models.desired import (
     select_and_merge,
     select_for_node,
 )
-from nodeagent.models.spec import ModelSpec, parse_source
+from nodeagent.models.spec import ModelSpec
 
 D64 = "sha256:" + "ab" * 32
 

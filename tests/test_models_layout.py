@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.api.model_source import parse_s3_url
 from nodeagent.errors import UsageError
 from nodeagent.models.checksums import Checksum, Expected, checksum_type, expected_for
 from nodeagent.models.layout import (
@@ -18,7 +19,7 @@ from nodeagent.models.layout import (
 )
 from nodeagent.models.plan import diff, split
 from nodeagent.models.source import RemoteObject, safe_relative_path
-from nodeagent.models.spec import ModelSpec, parse_s3_url
+from nodeagent.models.spec import ModelSpec
 
 MiB = 2**20
 

@@ -15,8 +15,8 @@ from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put
 
 from nodeagent.agent.models_condition import compute_models_condition
 from nodeagent.kube.taint import decide
-from nodeagent.models.engine import SyncOptions
 from nodeagent.models.keeper import ModelKeeper, ModelState
+from nodeagent.models.options import SyncOptions
 from nodeagent.models.spec import ModelSpec
 
 

@@ -94,7 +94,7 @@ class ModelsAgent:
         self._last: Condition | None = None
 
     def _sync_options(self) -> Any:
-        from nodeagent.models.engine import SyncOptions
+        from nodeagent.models.options import SyncOptions
 
         models, prewarm = self.config.models, self.config.prewarm
         assert models is not None

@@ -7,6 +7,7 @@ selector.py            Kubernetes LabelSelector (the kinds' nodeSelector)
 hotimageset.py         HotImageSet: model, parser, loading from files
 hotimageset_schema.py  HotImageSet's OpenAPI schema and printer columns
 hotmodelset.py         HotModelSet: model, parser, loading from files
+model_source.py        a model's source URL (s3://, oci://): parsing and its problems
 hotmodelset_schema.py  HotModelSet's OpenAPI schema and printer columns
 crd.py                 the CustomResourceDefinitions (daemonset/crd.yaml)
 

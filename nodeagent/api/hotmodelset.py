@@ -16,7 +16,7 @@
 Like HotImageSet (``hotimageset.py``), the same documents come from files
 (``load_hotmodelsets``) or from the cluster (``parse_hotmodelset``); every problem of a
 file is reported together, naming file, document, set, field path and value, and a file
-with any problem yields nothing. Source URLs are understood by ``models/spec.py``; which
+with any problem yields nothing. Source URLs are understood by ``model_source.py``; which
 sets apply to a node, merged, is the model cache's decision (``models/desired.py``).
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 
 from nodeagent.api.documents import read_documents
 from nodeagent.api.group import HOTMODELSET
+from nodeagent.api.model_source import SOURCE_FORMS, source_problem
 from nodeagent.api.selector import LabelSelector, check_label_selector
 from nodeagent.api.validation import Checker, InvalidObjects, Problem, show_value
-from nodeagent.models.spec import SOURCE_FORMS, source_problem
 
 _SPEC_FIELDS = ("models", "nodeSelector")
 _MODEL_FIELDS = ("name", "source", "priority", "required")

@@ -8,7 +8,8 @@ Public API (what the CLI and the agent call)::
                   SyncOptions(cache_dir=None), reporter=make_reporter())
     result.ok, [(m.name, m.state, m.error) for m in result.models]
 
-spec.py      ModelSpec (name, source, priority, required); s3:// and oci:// parsing
+spec.py      ModelSpec (name, source, priority, required); its source URL is parsed
+             by nodeagent/api/model_source.py
 desired.py   the HotModelSets that apply to a node, merged into ModelSpecs
 layout.py    the cache dir: default, validation, paths of trees/manifests/staging/trash
 source.py    the source interface (list, details, ranged reads); s3.py and oci.py
@@ -24,12 +25,12 @@ inuse.py     open files, cwd, mmaps and mounts (all namespaces) of a tree
 evict.py     pure eviction plan; cache.py lock, listing, eviction, cleanup
 space.py     the image disk guard's high-water rule on the cache filesystem
 progress.py  live bars on a terminal, JSON log lines otherwise
+options.py   SyncOptions: how a sync runs (cache dir, connections, S3, OCI, stop)
 engine.py    sync(): the whole run; keeper.py keeps a list synced from a thread (agent)
 gc.py        gc(): evict unlisted models; inventory.py what `models ls` shows
 commands.py  `nodeagent models ls|prewarm|gc` (the edge: flags to options)
 
-The names below load on first use, so ``nodeagent.models.spec`` (which the API's parser
-uses) stays a light import.
+The names below load on first use, so importing ``nodeagent.models`` stays light.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from typing import Any
 
 _EXPORTS = {
     "Entry": "cache", "entries": "cache",
-    "ModelResult": "engine", "SyncOptions": "engine", "SyncResult": "engine", "sync": "engine",
+    "ModelResult": "engine", "SyncResult": "engine", "sync": "engine",
+    "SyncOptions": "options",
     "ModelCacheError": "errors", "ModelError": "errors",
     "gc": "gc",
     "CacheLayout": "layout", "resolve_cache_dir": "layout",

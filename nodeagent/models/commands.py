@@ -126,8 +126,8 @@ def add_sync_arguments(p: argparse.ArgumentParser) -> None:
 
 def sync_options(args: argparse.Namespace, cache_dir: str | None = None) -> Any:
     """The flags as SyncOptions, every value checked (the cache dir too)."""
-    from nodeagent.models.engine import DEFAULT_CONCURRENCY, SyncOptions
     from nodeagent.models.layout import resolve_cache_dir
+    from nodeagent.models.options import DEFAULT_CONCURRENCY, SyncOptions
 
     concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
     if not 1 <= concurrency <= MAX_CONCURRENCY:

@@ -16,9 +16,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nodeagent import metrics
 from nodeagent.log import fields
@@ -27,6 +27,7 @@ from nodeagent.models.errors import ModelError
 from nodeagent.models.evict import plan_eviction
 from nodeagent.models.journal import Journal
 from nodeagent.models.layout import CacheLayout, resolve_cache_dir
+from nodeagent.models.options import SyncOptions
 from nodeagent.models.pool import WorkerPool
 from nodeagent.models.progress import ModelProgress, Reporter
 from nodeagent.models.publish import fsync_tree, remove_tree, swap_in
@@ -36,31 +37,7 @@ from nodeagent.models.sources import Sources
 from nodeagent.models.spec import ModelSpec
 from nodeagent.prewarm.diskguard import default_high_water_percent
 
-if TYPE_CHECKING:
-    from nodeagent.credentials.options import CredentialOptions
-
 log = logging.getLogger("nodeagent.models")
-DEFAULT_CONCURRENCY = 16  # connections; measured: 16-24 fill a 400 MiB/s link of 40 MiB/s streams
-
-
-@dataclass
-class SyncOptions:
-    cache_dir: str | None = None  # else $NODEAGENT_MODEL_CACHE_DIR, the disks mount, ...
-    concurrency: int = DEFAULT_CONCURRENCY
-    range_bytes: int = plan.RANGE_BYTES
-    high_water_percent: float | None = None  # else $NODEAGENT_HIGH_WATER, else 80
-    evict: bool = True  # may evict unlisted models to make room
-    # fsync every file before publishing (writeback starts as ranges finish). False leaves
-    # it to the kernel: faster where the disk is slower than the network, but a crash in
-    # the ~30 s before writeback can leave holes in a model published as complete.
-    durable: bool = True
-    region: str | None = None  # S3
-    endpoint_url: str | None = None  # S3
-    hosts_dir: Path | None = None  # OCI: containerd's hosts.toml dir (registry mirrors)
-    credentials: CredentialOptions | None = None  # OCI: the node's registry credentials
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
 @dataclass
 class ModelResult:
     name: str

@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from nodeagent import metrics
 from nodeagent.errors import NodeagentError
 from nodeagent.log import fields, redact_text
-from nodeagent.models.engine import SyncOptions, SyncResult, sync
+from nodeagent.models.engine import SyncResult, sync
+from nodeagent.models.options import SyncOptions
 from nodeagent.models.progress import LogReporter, ModelProgress, Reporter
 from nodeagent.models.spec import ModelSpec
 

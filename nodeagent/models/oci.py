@@ -33,10 +33,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nodeagent.api.model_source import parse_oci_url
 from nodeagent.models.checksums import Checksum
 from nodeagent.models.errors import ModelError
 from nodeagent.models.source import ObjectDetails, RemoteObject, path_conflicts, safe_relative_path
-from nodeagent.models.spec import parse_oci_url
 
 TITLE = "org.opencontainers.image.title"
 UNPACK = "io.deis.oras.content.unpack"  # a directory pushed as one tar layer

@@ -17,7 +17,8 @@ from nodeagent.console import fmt_bytes
 from nodeagent.errors import NodeagentError
 from nodeagent.log import fields, redact_text
 from nodeagent.models.desired import DesiredModels, ModelListFiles, load_desired_models
-from nodeagent.models.engine import SyncOptions, SyncResult, sync
+from nodeagent.models.engine import SyncResult, sync
+from nodeagent.models.options import SyncOptions
 from nodeagent.models.progress import make_reporter
 
 log = logging.getLogger("nodeagent.models")

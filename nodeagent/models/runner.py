@@ -74,7 +74,7 @@ class ModelJob:
     on_fail: Callable[[ModelJob], None]
     stop: threading.Event
     range_bytes: int = RANGE_BYTES
-    durable: bool = True  # start writeback of each finished range (see engine.SyncOptions)
+    durable: bool = True  # start writeback of each finished range (see options.SyncOptions)
     verified: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (how, value)
     details: dict[str, str] = field(default_factory=dict)  # path -> version id
     error: ModelError | None = None

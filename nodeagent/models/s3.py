@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from nodeagent.api.model_source import S3Location, parse_s3_url
 from nodeagent.models.checksums import MULTIPART_ETAG, Checksum, checksum_type
 from nodeagent.models.errors import ModelError, scrub
 from nodeagent.models.source import (
@@ -31,7 +32,6 @@ from nodeagent.models.source import (
     path_conflicts,
     safe_relative_path,
 )
-from nodeagent.models.spec import S3Location, parse_s3_url
 
 CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",

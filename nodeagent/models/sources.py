@@ -14,8 +14,8 @@ from nodeagent.models.source import ModelSource
 from nodeagent.models.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from nodeagent.models.engine import SyncOptions
     from nodeagent.models.oci import OciClient
+    from nodeagent.models.options import SyncOptions
 
 
 class Sources:

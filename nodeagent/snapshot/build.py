@@ -15,7 +15,7 @@ from nodeagent.models.layout import CONTAINERD_ROOT_CACHE_DIR
 if TYPE_CHECKING:
     from nodeagent.credentials.keyring import Keyring
     from nodeagent.models.desired import DesiredModels
-    from nodeagent.models.engine import SyncOptions
+    from nodeagent.models.options import SyncOptions
     from nodeagent.prewarm.config import EngineConfig
     from nodeagent.prewarm.desired import DesiredImage
 

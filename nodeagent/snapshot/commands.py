@@ -28,7 +28,7 @@ from nodeagent.snapshot.hydrate_read import parse_rate
 
 if TYPE_CHECKING:
     from nodeagent.models.desired import DesiredModels
-    from nodeagent.models.engine import SyncOptions
+    from nodeagent.models.options import SyncOptions
     from nodeagent.prewarm.config import PrewarmOptions
     from nodeagent.prewarm.desired import DesiredImage
     from nodeagent.snapshot.create import CreateOptions
@@ -276,8 +276,8 @@ def _build_models(args: argparse.Namespace, prewarm: PrewarmOptions
     """The models of `snapshot build`, every check made before anything is downloaded:
     the list, the cache dir, and that the cache is on the volume being snapshotted."""
     from nodeagent.models.desired import ModelListFiles, load_desired_models
-    from nodeagent.models.engine import SyncOptions
     from nodeagent.models.layout import resolve_cache_dir, validate_cache_dir
+    from nodeagent.models.options import SyncOptions
     from nodeagent.prewarm.commands import parse_node_labels
     from nodeagent.snapshot.build import check_cache_on_volume
 
