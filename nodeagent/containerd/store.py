@@ -177,12 +177,19 @@ class ContainerdStore:
         return found
 
     async def prepare(self, snapshotter: str, key: str, parent: str, labels: dict[str, str],
-                      lease: str) -> list[Mount]:
-        response = await self.client.call(
-            f"prepare of snapshot {key}", self.client.stubs().snapshots.Prepare,
-            snapshots_pb2.PrepareSnapshotRequest(snapshotter=snapshotter, key=key,
-                                                 parent=parent, labels=labels),
-            lease=lease)
+                      lease: str) -> list[Mount] | None:
+        """The mounts of new active snapshot ``key``; None when the snapshot named by the
+        ``containerd.io/snapshot.ref`` label exists already (containerd answers
+        ALREADY_EXISTS: someone else committed the same layer meanwhile)."""
+        try:
+            response = await self.client.stubs().snapshots.Prepare(
+                snapshots_pb2.PrepareSnapshotRequest(snapshotter=snapshotter, key=key,
+                                                     parent=parent, labels=labels),
+                metadata=self.client.metadata(lease), timeout=self.client.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return None
+            raise self.client.error(exc, f"prepare of snapshot {key}") from None
         return [Mount(m.type, m.source, tuple(m.options)) for m in response.mounts]
 
     async def commit(self, snapshotter: str, name: str, key: str, labels: dict[str, str],

@@ -42,6 +42,9 @@ async def commit_layer(store: ContainerdStore, setup: FastPathSetup, layer: Laye
         return False
     key = extract_key(uuid.uuid4().hex[:16], chain)
     mounts = await store.prepare(snapshotter, key, layer.parent, labels, lease)
+    if mounts is None:  # committed by someone else since the check above
+        shutil.rmtree(staged, ignore_errors=True)
+        return False
     try:
         upper, lowers = _layer_dirs(mounts, key)
         target = setup.view(upper)
