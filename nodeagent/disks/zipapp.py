@@ -1,6 +1,6 @@
 """Build the disks-only single-file zipapp: `python -m nodeagent.disks.zipapp OUT.pyz`.
 
-The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, log), nodeagent/disks
+The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, inputs, log), nodeagent/disks
 and the host facts it reads (nodeagent/hostfacts): standard library only. It runs with
 any python3 >= 3.11 on the host, `./nodeagent.pyz disks setup`, which is how the boot
 service runs on nodes that do not have nodeagent's Python dependencies.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nodeagent
 
-CORE = ("__init__.py", "cli.py", "errors.py", "log.py")
+CORE = ("__init__.py", "cli.py", "errors.py", "inputs.py", "log.py")
 PACKAGES = ("disks", "hostfacts")
 MAIN = '''"""nodeagent (disks-only build)."""
 import sys
