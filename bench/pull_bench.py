@@ -1,7 +1,7 @@
 """Fast-pull benchmark: nodeagent's own pull pipeline against containerd's pulls.
 
 Images (pushed to a local registry):
-  large  one ~1 GiB image, 4 layers, the largest ~650 MiB; content like real layers
+  large  one ~1 GiB image, 4 layers, the largest ~660 MiB; content like real layers
          (text, machine code, random) in files up to 8 MiB;
   multi  the sandbox "bench" set: 8 images, ~1 GiB, several sharing base layers.
 Modes, each from a fresh containerd root:
@@ -47,7 +47,7 @@ from nodeagent.sandbox.push import push_images
 
 MiB = 1 << 20
 LARGE_LAYERS = (("bench/large-base", 100), ("bench/large-libs", 250),
-                ("bench/large-main", 650), ("bench/large-app", 20))
+                ("bench/large-main", 660), ("bench/large-app", 20))
 
 
 @dataclass
