@@ -8,7 +8,9 @@ MiB/s, the share of the total cap, the contender's CPU-seconds and its peak RSS 
 wait4), plus the proxy's and moto's CPU. "On disk" adds a sync(2) after the exit:
 nodeagent fsyncs a model before publishing it, the others leave writeback to the kernel,
 so that column compares like with like. A last row measures moto's own ceiling: nodeagent
-straight to moto, no proxy.
+straight to moto, no proxy. The report ends with nodeagent's speed-up over both other
+tools and the issue's targets (>=2x `aws s3 cp`, >=85% of the total cap, peak RSS
+<=150 MiB), each "met" or "MISSED" with its figure.
 
 moto answers a ranged GET by reading the whole object and slicing it (its S3 responses
 `_handle_range_header`), so 8 MiB ranges of a 480 MiB object cost it 480 MiB each: stock
@@ -143,6 +145,44 @@ class Run:
         return (f"| {self.name} | {self.wall_s:.1f} | {self.disk_s:.1f} | {rate:.0f} | {share} "
                 f"| {self.cpu_s:.1f} | {self.rss_mib:.0f} | {proxy} |"
                 + ("" if self.ok else " FAILED"))
+
+
+TARGET_SPEEDUP = 2.0  # the issue's targets: >=2x `aws s3 cp`, >=85% of the total cap,
+TARGET_CAP_SHARE = 0.85  # peak RSS <=150 MiB (for `nodeagent models`, durable)
+TARGET_RSS_MIB = 150.0
+
+
+def verdicts(runs: list[Run], cap_mibps: float) -> list[str]:
+    """The ratios against the other tools and the targets, each met or missed with its
+    figure (from the durable `nodeagent models` run; wall time, as in the table)."""
+    by_name = {r.name: r for r in runs if r.ok}
+    ours = by_name.get("nodeagent models")
+    if ours is None:
+        return ["targets: not judged (no successful `nodeagent models` run)"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    for name in ("aws s3 cp --recursive", "boto3 download_file loop"):
+        other = by_name.get(name)
+        lines.append(f"nodeagent vs {name}: " + (
+            f"{other.wall_s / ours.wall_s:.2f}x ({other.wall_s:.1f} s / {ours.wall_s:.1f} s)"
+            if other else "not measured"))
+    cli = by_name.get("aws s3 cp --recursive")
+    if cli is None:
+        lines.append(f"target >= {TARGET_SPEEDUP:g}x aws s3 cp: not judged (not measured)")
+    else:
+        speedup = cli.wall_s / ours.wall_s
+        lines.append(f"target >= {TARGET_SPEEDUP:g}x aws s3 cp: "
+                     f"{mark(speedup >= TARGET_SPEEDUP)} ({speedup:.2f}x)")
+    rate = ours.bytes / ours.wall_s / MiB
+    lines.append(f"target >= {100 * TARGET_CAP_SHARE:.0f}% of the {cap_mibps:g} MiB/s cap: "
+                 f"{mark(rate >= TARGET_CAP_SHARE * cap_mibps)} ({rate:.0f} MiB/s, "
+                 f"{100 * rate / cap_mibps:.0f}%)")
+    lines.append(f"target peak RSS <= {TARGET_RSS_MIB:g} MiB: "
+                 f"{mark(ours.rss_mib <= TARGET_RSS_MIB)} ({ours.rss_mib:.0f} MiB)")
+    return lines
 
 
 def start_line_process(argv: list[str], env: dict[str, str] | None = None,
@@ -310,10 +350,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for run in runs:
         print(run.row(args.total_mibps if "no proxy" not in run.name else None))
-    base = {r.name: r for r in runs}
-    ours, cli = base.get("nodeagent models"), base.get("aws s3 cp --recursive")
-    if ours and cli:
-        print(f"\nnodeagent vs aws s3 cp: {cli.wall_s / ours.wall_s:.2f}x")
+    print()
+    for line in verdicts(runs, args.total_mibps):
+        print(line)
     print(json.dumps({r.name: {"wall_s": round(r.wall_s, 2), "cpu_s": round(r.cpu_s, 2),
                                "rss_mib": round(r.rss_mib)} for r in runs}), file=sys.stderr)
     return 0 if all(r.ok for r in runs) else 1
