@@ -155,7 +155,8 @@ def _setup(args: argparse.Namespace) -> int:
     from nodeagent.disks.apply import setup
     from nodeagent.disks.host import detect_host
 
-    result = setup(detect_host(), options_from_args(args))
+    opts = options_from_args(args)  # bad input stops before the host is looked at
+    result = setup(detect_host(), opts)
     data = result.to_dict()
     done = "\n".join(f"  - {s.describe()}" for s in result.plan.steps)
     text = (f"done in {result.duration_s:.2f} s:\n{done}" if result.changed
