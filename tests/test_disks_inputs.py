@@ -174,3 +174,40 @@ def test_bad_units_dir_is_refused(cli, path, why):
 
 def test_runtime_units_dir_is_allowed():
     assert Options(units_dir="/run/systemd/system").units_dir == "/run/systemd/system"
+
+
+# ------------------------------------------------------------------ flags and exit codes
+
+
+def test_no_binds_with_bind_is_a_usage_error(cli):
+    refused_before_looking(cli, ["--no-binds", "--bind", "/var/lib/x"],
+                           "--no-binds and --bind /var/lib/x")
+    with pytest.raises(UsageError, match="--no-binds and --bind /var/lib/x"):
+        setup_options(["--no-binds", "--bind", "/var/lib/x"])
+
+
+def test_agent_refuses_the_same_disks_setup_arguments_at_start():
+    with pytest.raises(UsageError, match="--bind /proc: in /proc, a kernel or operating"):
+        setup_options(["--bind", "/proc"])
+    with pytest.raises(UsageError, match="--mount-path /var/lib/containerd/v: lies inside"):
+        setup_options(["--mount-path", "/var/lib/containerd/v"])
+
+
+def test_plan_exits_as_setup_would_when_setup_would_refuse(cli, node):
+    node.mkfs("nvme1n1", "ext4", label="userdata")
+    code, out, _ = cli("plan")
+    assert code == REFUSED
+    assert "setup would REFUSE" in out and "carries ext4 label 'userdata'" in out
+    code, out, _ = cli("plan", "-o", "json")
+    assert code == REFUSED and json.loads(out)["refusals"]
+    code, _, err = cli("setup")
+    assert code == REFUSED and "disks setup refused, nothing changed" in err
+    code, out, _ = cli("plan", "--force", "nvme1n1")
+    assert code == 0 and "setup would:" in out
+
+
+def test_plan_help_states_its_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["disks", "plan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit 3 when setup would refuse" in text

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nodeagent.disks import migrate, services, signatures
 from nodeagent.disks import steps as st
-from nodeagent.disks.decisions import Plan, Volume
+from nodeagent.disks.decisions import Plan, SetupRefused, Volume
 from nodeagent.disks.discover import gather
 from nodeagent.disks.host import Host
 from nodeagent.disks.options import Options
@@ -31,12 +31,6 @@ from nodeagent.log import fields
 log = logging.getLogger(__name__)
 
 DEVICE_WAIT_S = 60.0
-
-
-class SetupRefused(NodeagentError):
-    """The plan has refusals: nothing was changed."""
-
-    exit_code = 3
 
 
 @dataclass

@@ -40,12 +40,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = p.add_subparsers(dest="disks_command", metavar="ACTION", required=True)
     plan = sub.add_parser("plan", help="show what was found and what setup would do; "
-                          "changes nothing")
+                          "changes nothing",
+                          description="Show what was found and what setup would do; "
+                          "changes nothing. Exit 0 when setup would go ahead (or has "
+                          "nothing to do), exit 3 when setup would refuse (the reasons "
+                          "are listed), exit 2 for bad flags or paths.")
     _add_common(plan)
     _add_output(plan)
     plan.set_defaults(func=_plan)
     setup = sub.add_parser("setup", help="apply: array, filesystem, mounts, binds, units "
-                           "(idempotent; safe to run on every boot)")
+                           "(idempotent; safe to run on every boot)",
+                           description="Apply: array, filesystem, mounts, binds, units "
+                           "(idempotent; safe to run on every boot). Exit 0 when done or "
+                           "already set up, exit 3 when it refuses (nothing changed), "
+                           "exit 2 for bad flags or paths (nothing examined), 1 when a "
+                           "step fails.")
     _add_setup(setup)
     setup.set_defaults(func=_setup)
     status = sub.add_parser("status", help="array health, mounts, binds and capacity "
@@ -119,6 +128,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
+    if args.no_binds and args.binds:
+        raise UsageError(f"--no-binds and --bind {' --bind '.join(args.binds)}: choose one "
+                         "(--no-binds only makes and mounts the volume; --bind moves a "
+                         "directory onto it)")
     binds = () if args.no_binds else tuple(args.binds or DEFAULT_BINDS)
     return Options(
         strategy=args.strategy, instance_store_model=args.instance_store_model,
@@ -139,6 +152,7 @@ def _emit(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from nodeagent.disks.decisions import SetupRefused
     from nodeagent.disks.discover import gather
     from nodeagent.disks.host import detect_host
     from nodeagent.disks.plan import make_plan
@@ -148,7 +162,7 @@ def _plan(args: argparse.Namespace) -> int:
     facts = gather(detect_host(), opts)
     plan = make_plan(facts, opts)
     _emit(args, plan_dict(plan, facts), plan_text(plan, facts))
-    return 0
+    return SetupRefused.exit_code if plan.refusals else 0  # what setup would exit with
 
 
 def _setup(args: argparse.Namespace) -> int:

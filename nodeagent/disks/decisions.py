@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 
 from nodeagent.disks import steps as st
 from nodeagent.disks.units import MountUnit
+from nodeagent.errors import NodeagentError
+
+
+class SetupRefused(NodeagentError):
+    """The plan has refusals: nothing was changed. `disks plan` exits with the same code
+    when its plan has them."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
