@@ -297,8 +297,10 @@ MODEL_FAILURE_REASONS = ("no_credentials", "access_denied", "not_found", "unreac
                          "source_changed", "cancelled", "other")
 MODEL_STATES = ("pending", "downloading", "present", "failed", "skipped")
 _M = {"registry": REGISTRY}
-MODELS_DOWNLOADED_BYTES = Counter("nodeagent_models_downloaded_bytes",
-                                  "Bytes of model objects downloaded into the cache", **_M)
+MODELS_DOWNLOADED_BYTES = Counter(
+    "nodeagent_models_downloaded_bytes",
+    "Bytes of model objects received from S3/OCI, counted as they arrive (bytes fetched "
+    "again after a broken connection or a failed check count again)", **_M)
 MODELS_RESUMED_BYTES = Counter(
     "nodeagent_models_resumed_bytes",
     "Bytes of interrupted downloads reused from the staging dir instead of downloaded", **_M)

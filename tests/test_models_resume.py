@@ -14,6 +14,7 @@ from pathlib import Path
 
 from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
 
+from nodeagent import metrics
 from nodeagent.models import ModelSpec, SyncOptions, sync
 from nodeagent.sandbox.throttle import ThrottleProxy
 
@@ -25,6 +26,10 @@ r = sync([ModelSpec("big", "s3://models/big/")],
          SyncOptions(cache_dir=sys.argv[1], concurrency=2, range_bytes=4 << 20))
 print("ok" if r.ok else r.models[0].error, flush=True)
 """
+
+
+def sample(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name) or 0.0
 
 
 def journal_ranges(journal: Path) -> int:
@@ -56,9 +61,16 @@ def test_sigkill_mid_download_resumes_and_publishes_once(s3, moto, proxy: Thrott
     assert not (cache / "big").exists()  # nothing published by the killed run
 
     proxy.reset_requests()
+    downloaded = sample("nodeagent_models_downloaded_bytes_total")
+    resumed = sample("nodeagent_models_resumed_bytes_total")
     result = sync([ModelSpec("big", f"s3://{BUCKET}/big/")],
                   SyncOptions(cache_dir=str(cache), concurrency=4, range_bytes=RANGE))
     assert result.ok and result.models[0].state == "updated"
+    # Every byte counted once: either downloaded now or resumed from the killed run's files.
+    fetched = sample("nodeagent_models_downloaded_bytes_total") - downloaded
+    reused = sample("nodeagent_models_resumed_bytes_total") - resumed
+    assert fetched == result.models[0].downloaded_bytes and reused > 0
+    assert fetched + reused == len(body) + 2
     assert (cache / "big" / "weights.bin").read_bytes() == body
     assert (cache / "big" / "config.json").read_bytes() == b"{}"
     gets = [t for m, t in proxy.requests() if m == "GET" and "list-type" not in t]

@@ -12,8 +12,13 @@ import pytest
 from support.loopfs import loop_xfs
 from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, s3
 
+from nodeagent import metrics
 from nodeagent.models import ModelSpec, SyncOptions, sync
 from nodeagent.models.evict import CachedModel, plan_eviction
+
+
+def sample(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name) or 0.0
 
 
 def fill_to(mount: Path, percent: float) -> None:
@@ -52,9 +57,10 @@ def test_guard_evicts_unlisted_lowest_priority_first_never_one_in_use(
         opts = SyncOptions(cache_dir=str(cache), high_water_percent=100)
         first = sync([ModelSpec("a", f"s3://{BUCKET}/a/", priority=0),
                       ModelSpec("b", f"s3://{BUCKET}/b/", priority=5),
-                      ModelSpec("c", f"s3://{BUCKET}/c/", priority=0)], opts)
+                      ModelSpec("c", f"s3://{BUCKET}/c/", priority=-1)], opts)
         assert first.ok
-        # c is open in another process: it must stay although it has the lowest priority.
+        # c has the lowest priority, so it would be the first to go; but it is open in
+        # another process and must stay: a (the next lowest) is evicted instead.
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
                                    "f = open(sys.argv[1], 'rb'); print('open', flush=True); "
                                    "time.sleep(120)", str(cache / "c" / "weights.bin")],
@@ -62,10 +68,14 @@ def test_guard_evicts_unlisted_lowest_priority_first_never_one_in_use(
         try:
             assert holder.stdout is not None and holder.stdout.readline() == "open\n"
             fill_to(fs.mount_point, 79)
+            evictions = sample("nodeagent_models_evictions_total")
+            evicted_bytes = sample("nodeagent_models_evicted_bytes_total")
             result = sync([ModelSpec("n", f"s3://{BUCKET}/n/")],
                           SyncOptions(cache_dir=str(cache), high_water_percent=80))
             assert result.ok, result.models[0].error
             assert result.evicted == ["a"]
+            assert sample("nodeagent_models_evictions_total") == evictions + 1
+            assert sample("nodeagent_models_evicted_bytes_total") == evicted_bytes + 24 * MiB
             assert sorted(p.name for p in cache.iterdir() if p.is_dir()
                           and not p.name.startswith(".")) == ["b", "c", "n"]
             # Nothing evictable is left but b and the model in use: a big one is refused.

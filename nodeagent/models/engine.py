@@ -175,7 +175,6 @@ class _Run:
         with self._lock:
             self.reserved += needed
         progress.bytes_total = sum(o.size for o in diff.fetch)
-        metrics.MODELS_RESUMED_BYTES.inc(resumed)
         job = ModelJob(spec.name, source, staging / "tree", journal, progress, rank,
                        diff.fetch, {(d.path, d.start): d for d in kept},
                        lambda j, s=spec, c=current: self._publish(j, s, c, needed),
@@ -235,7 +234,6 @@ class _Run:
         with self._lock:
             self.reserved -= reserved
         seconds = time.monotonic() - job.progress.started
-        metrics.MODELS_DOWNLOADED_BYTES.inc(job.downloaded)
         metrics.MODELS_SYNC_DURATION.observe(seconds)
         self.results[spec.name] = ModelResult(spec.name, "updated", job.downloaded, seconds)
         job.progress.finished = time.monotonic()
@@ -246,7 +244,6 @@ class _Run:
     # ------------------------------------------------------------------ outcomes
     def _job_failed(self, job: ModelJob) -> None:
         assert job.error is not None
-        metrics.MODELS_DOWNLOADED_BYTES.inc(max(0, job.downloaded))
         self._failed(job.name, job.error)
 
     def _failed(self, name: str, error: ModelError, state: str = "failed") -> None:

@@ -36,6 +36,7 @@ class ObjectJob:
     ranges: tuple[Range, ...]
     results: dict[int, RangeResult] = field(default_factory=dict)
     attempts: int = 1
+    received: int = 0  # bytes of this attempt's ranges downloaded (not resumed from disk)
     fd: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,10 +78,12 @@ class ObjectJob:
             os.close(self.fd)
             self.fd = -1
 
-    def add(self, rng: Range, result: RangeResult) -> bool:
-        """Record a finished range; True when it was the last one."""
+    def add(self, rng: Range, result: RangeResult, received: int = 0) -> bool:
+        """Record a finished range (``received``: its bytes were downloaded, not re-hashed
+        from disk); True when it was the last one."""
         with self.lock:
             self.results[rng.start] = result
+            self.received += received
             return len(self.results) == len(self.ranges)
 
 

@@ -94,10 +94,22 @@ class ModelJob:
     def failed(self) -> bool:
         return self.error is not None or self.stop.is_set()
 
-    def _count(self, n: int) -> None:
+    def _received(self, n: int) -> None:
+        """n bytes arrived from the source: the progress bar, the model's figure and the
+        downloaded-bytes counter move at once (a 150 GB model shows progress in /metrics)."""
         self.progress.add(n)
+        metrics.MODELS_DOWNLOADED_BYTES.inc(n)
         with self._lock:
             self.downloaded += n
+
+    def _discard(self, shown: int, received: int) -> None:
+        """Bytes to fetch again (a broken range, an object that failed verification):
+        the bar goes back by ``shown``, the model's figure by the ``received`` part of
+        it; the counter does not, since those bytes did cross the network (see
+        metrics.MODELS_DOWNLOADED_BYTES)."""
+        self.progress.add(-shown)
+        with self._lock:
+            self.downloaded -= received
 
     # ------------------------------------------------------------------ tasks
     def start(self, pool: WorkerPool) -> None:
@@ -148,6 +160,7 @@ class ModelJob:
             pool.submit((self.rank, 2), lambda: self._fetch(pool, job, rng))
             return
         self.progress.add(rng.length)
+        metrics.MODELS_RESUMED_BYTES.inc(rng.length)
         if job.add(rng, hashing.finish(done.checksum)):
             self._complete(pool, job)
 
@@ -172,7 +185,7 @@ class ModelJob:
                         hashing.update(buffer[:n])
                         pos += n
                         written += n
-                        self._count(n)
+                        self._received(n)
                         if self.failed:
                             return
                     reader.readinto(buffer[:1])  # the end of the body: frees the connection
@@ -196,10 +209,10 @@ class ModelJob:
                     start_writeback(job.fd, rng.start, rng.length)
                 self.journal.record(Done(rng.path, job.obj.etag, job.obj.size, rng.start,
                                          rng.length, checksum))
-                if job.add(rng, result):
+                if job.add(rng, result, received=rng.length):
                     self._complete(pool, job)
                 return
-            self._count(-written)
+            self._discard(written, written)
             self.stop.wait(min(8.0, 0.5 * 2**attempt))
         self.fail(ModelError(self.name, self.source.url, "unreachable", (
             f"{job.obj.path}: bytes {rng.start}-{rng.end - 1} failed {RANGE_ATTEMPTS} times "
@@ -218,7 +231,8 @@ class ModelJob:
             job.attempts += 1
             with job.lock:
                 job.results.clear()
-            self._count(-job.obj.size)
+                received, job.received = job.received, 0
+            self._discard(job.obj.size, received)  # resumed ranges were shown, not received
             for rng in job.ranges:
                 pool.submit((self.rank, 2), lambda r=rng: self._fetch(pool, job, r))
             return
