@@ -120,6 +120,7 @@ def test_vm_systemd_boot_integration(tmp_path):
     first = boot(root, disks, "first", tmp_path)
     assert "docker.io/library/preloaded:v1" in first["images_before"]
     assert sorted(d["serial"] for d in first["plan"]["json"]["disks"] if d["used"]) == SERIALS
+    assert first["plan"]["rc"] == 3  # plan says setup would refuse: same exit code
     assert first["refused"]["rc"] == 3
     assert "containerd.service running and using /var/lib/containerd" in first["refused"]["err"]
     setup = first["setup"]["json"]

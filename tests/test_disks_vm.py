@@ -76,7 +76,7 @@ def test_vm_raid0_lifecycle(tmp_path):
     plan = nodeagent_json(first["plan"])
     assert used_serials(plan) == SERIALS
     ebs_disk = next(d for d in plan["disks"] if d["serial"] == "EBSROOT")
-    assert ebs_disk["reason"] == "holds a mounted filesystem (/run/ebs)"
+    assert ebs_disk["reason"] == "holds a mounted filesystem (/tmp/ebs)"
     assert actions(plan)[:3] == ["CreateArray", "MakeFilesystem", "MountVolume"]
     setup = nodeagent_json(first["setup"])
     assert setup["changed"] and setup["converged"]
@@ -90,12 +90,12 @@ def test_vm_raid0_lifecycle(tmp_path):
     for path, mnt in first["after_binds"].items():
         name = path.strip("/").replace("/", "-")
         assert mnt["source"].endswith(f"[/{name}]"), mnt
-    containerd = "/run/ebs/var/lib/containerd"
+    containerd = "/tmp/ebs/var/lib/containerd"
     check_copy(first["source_manifest"][containerd], first["bound_manifest"][containerd])
     fs_uuid = first["after_fs"]["UUID"]
-    vol_unit = first["units"]["run-ebs-mnt-k8s\\x2ddisks-0.mount"]
+    vol_unit = first["units"]["tmp-ebs-mnt-k8s\\x2ddisks-0.mount"]
     assert f"What=/dev/disk/by-uuid/{fs_uuid}\n" in vol_unit
-    assert "run-ebs-var-lib-containerd.mount" in first["units"]
+    assert "tmp-ebs-var-lib-containerd.mount" in first["units"]
     check_converged_rerun(first)
     status = first["status"]["json"]
     assert status["healthy"] and status["arrays"][0]["state"] in ("clean", "active")
@@ -116,7 +116,7 @@ def test_vm_raid0_lifecycle(tmp_path):
                {k: v for k, v in bound.items() if k != "written-after-setup"})
     # The root volume's own copy is untouched (nothing deleted, nothing re-copied); setup
     # only made the missing /var/log/pods mount point there.
-    pods = "/run/ebs/var/log/pods"
+    pods = "/tmp/ebs/var/log/pods"
     assert second["source_manifest"].pop(pods) == {".": {
         "type": 0o40000, "mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0, "xattrs": {}}}
     assert second["source_manifest"] == first["source_manifest"]
@@ -134,7 +134,7 @@ def test_vm_raid0_lifecycle(tmp_path):
     assert new_uuid and new_uuid != fs_uuid
     check_copy(first["source_manifest"][containerd], third["bound_manifest"][containerd])
     assert f"What=/dev/disk/by-uuid/{new_uuid}\n" in third["units"][
-        "run-ebs-mnt-k8s\\x2ddisks-0.mount"]
+        "tmp-ebs-mnt-k8s\\x2ddisks-0.mount"]
     check_converged_rerun(third)
     print(json.dumps({"boot_seconds": [first["_seconds"], second["_seconds"],
                                        third["_seconds"]]}))
@@ -169,6 +169,7 @@ def test_vm_other_scenarios(tmp_path):
     # Foreign filesystem: refused (exit 3), named, untouched.
     foreign = r["foreign"]
     assert foreign["setup"]["rc"] == 3
+    assert foreign["plan"]["rc"] == 3  # plan exits as setup would
     assert "(FOREIGN1) carries ext4 label 'userdata'" in foreign["setup"]["err"]
     assert "--force nvme" in foreign["setup"]["err"]
     assert [d["blocking"] for d in foreign["plan"]["json"]["disks"]
@@ -181,7 +182,7 @@ def test_vm_other_scenarios(tmp_path):
     single = r["single"]
     assert nodeagent_json(single["plan"])["discovery"] == "sysfs"
     assert nodeagent_json(single["setup"])["changed"]
-    assert single["mounts"]["/run/t-single/mnt/0"]["source"].startswith("/dev/nvme")
+    assert single["mounts"]["/tmp/t-single/mnt/0"]["source"].startswith("/dev/nvme")
     assert single["disks"]["SINGLE1"]["TYPE"] == "xfs"
     assert single["preloaded"] == "single"
     check_converged_rerun(single)
@@ -190,19 +191,19 @@ def test_vm_other_scenarios(tmp_path):
     assert nodeagent_json(raid10["setup"])["converged"]
     assert (raid10["md"]["MD_LEVEL"], raid10["md"]["MD_DEVICES"]) == ("raid10", "4")
     assert "resync" not in raid10["mdstat"], "blank members: created clean, no resync"
-    assert raid10["mounts"]["/run/t-raid10/mnt/0"]["fstype"] == "xfs"
+    assert raid10["mounts"]["/tmp/t-raid10/mnt/0"]["fstype"] == "xfs"
     assert raid10["preloaded"] == "raid10"
 
     ext4 = r["ext4"]
     assert nodeagent_json(ext4["setup"])["converged"]
     assert ext4["fs"]["TYPE"] == "ext4" and ext4["fs"]["LABEL"] == "k8s-disks-0"
-    assert ext4["mounts"]["/run/t-ext4/mnt/0"]["fstype"] == "ext4"
+    assert ext4["mounts"]["/tmp/t-ext4/mnt/0"]["fstype"] == "ext4"
     check_converged_rerun(ext4)
 
     mount = r["mount"]
     assert nodeagent_json(mount["setup"])["converged"]
     for index in (0, 1):
-        assert mount["mounts"][f"/run/t-mount/mnt/{index}"]["source"].startswith("/dev/nvme")
+        assert mount["mounts"][f"/tmp/t-mount/mnt/{index}"]["source"].startswith("/dev/nvme")
     assert {d["LABEL"] for d in mount["disks"].values()} == {"k8s-disks-0", "k8s-disks-1"}
     check_converged_rerun(mount)
 
@@ -214,8 +215,8 @@ def test_vm_other_scenarios(tmp_path):
     assert actions(again)[0] == "MakeFilesystem", "the array is reused, not re-created"
     assert nodeagent_json(killed["setup_again"])["converged"]
     assert killed["fs_after"]["TYPE"] == "xfs"
-    assert killed["mounts_after"]["/run/t-killed/var/lib/containerd"]["source"].endswith(
-        "[/run-t-killed-var-lib-containerd]")
+    assert killed["mounts_after"]["/tmp/t-killed/var/lib/containerd"]["source"].endswith(
+        "[/tmp-t-killed-var-lib-containerd]")
     check_converged_rerun(killed)
     print(json.dumps({"boot_seconds": r["_seconds"], "driver_seconds": r["_driver_seconds"]}))
     shutil.rmtree(work)
