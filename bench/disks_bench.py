@@ -38,12 +38,12 @@ def run(*argv):
     return {"rc": p.returncode, "wall": time.monotonic() - t, "out": p.stdout, "err": p.stderr}
 subprocess.run(["udevadm", "settle"])
 ebs = os.path.realpath("/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_EBSROOT")
-os.makedirs("/run/ebs", exist_ok=True)
-subprocess.run(["mount", ebs, "/run/ebs"], check=True)
+os.makedirs("/tmp/ebs", exist_ok=True)
+subprocess.run(["mount", ebs, "/tmp/ebs"], check=True)
 args = ["--log-format", "json", "disks", "setup", "-o", "json",
-        "--instance-store-model", "QEMU NVMe Ctrl", "--mount-path", "/run/ebs/mnt/k8s-disks",
-        "--units-dir", "/run/ebs/etc/systemd/system",
-        "--bind", "/run/ebs/var/lib/containerd", "--bind", "/run/ebs/var/lib/kubelet"]
+        "--instance-store-model", "QEMU NVMe Ctrl", "--mount-path", "/tmp/ebs/mnt/k8s-disks",
+        "--units-dir", "/tmp/ebs/etc/systemd/system",
+        "--bind", "/tmp/ebs/var/lib/containerd", "--bind", "/tmp/ebs/var/lib/kubelet"]
 r = {"python_pass": run("/usr/bin/python3", "-I", "-c", "pass")["wall"]}
 t = time.monotonic(); exec(compile(LOOP_SRC, "loop", "exec")); r["cpu_loop"] = time.monotonic() - t
 r["fresh"] = run("/usr/bin/python3", "-I", pyz, *args)
