@@ -79,3 +79,23 @@ def put_multipart(s3: Any, key: str, body: bytes, tmp: Path, part: int = 5 * MiB
 def tree_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def put_with_checksum(s3: Any, key: str, body: bytes, algorithm: str,
+                      checksum_type: str | None = None, part: int = 5 * MiB) -> None:
+    """Upload with an S3 checksum the way SDKs do: one PutObject, or (``checksum_type``
+    given) a multipart upload of ``part``-sized parts, COMPOSITE or FULL_OBJECT, each part
+    sent with its own checksum (boto3 computes CRC32C and CRC64NVME with awscrt)."""
+    if checksum_type is None:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body, ChecksumAlgorithm=algorithm)
+        return
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm=algorithm,
+                                        ChecksumType=checksum_type)["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(body), part), 1):
+        answer = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number,
+                                Body=body[start:start + part], ChecksumAlgorithm=algorithm)
+        parts.append({"ETag": answer["ETag"], "PartNumber": number,
+                      f"Checksum{algorithm}": answer[f"Checksum{algorithm}"]})
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload,
+                                 MultipartUpload={"Parts": parts})
