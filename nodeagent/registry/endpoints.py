@@ -1,11 +1,13 @@
 """Where containerd sends a registry's requests: its ``config_path`` hosts.toml.
 
-``<hosts_dir>/<registry>/hosts.toml`` (or ``_default/hosts.toml``) lists mirrors
+``<hosts_dir>/<registry>/hosts.toml`` (for ``host:port``, containerd looks in
+``host_port_/`` first; then ``_default/hosts.toml``) lists mirrors
 (``[host."..."]``, tried in order, each asked with ``?ns=<registry>``) and the upstream
 ``server``; without a file, docker.io means registry-1.docker.io and 127.0.0.1/localhost
 registries speak plain HTTP, as in containerd. A mirror (a pull-through cache, or a P2P
 mirror such as Spegel or Dragonfly) keeps working for every nodeagent pull because every
-request goes through these endpoints.
+request goes through these endpoints. ``has_mirror`` tells the rollout limit that the
+image can come from a mirror (seed, then peers: kube/rollout_plan).
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def registry_endpoints(registry: str, hosts_dir: Path | None) -> list[Endpoint]:
 
 
 def has_mirror(registry: str, hosts_dir: Path | None) -> bool:
-    """True when containerd's hosts.toml sends ``registry``'s pulls to a mirror first."""
-    return any(e.mirror for e in registry_endpoints(registry, hosts_dir))
+    """True when containerd's hosts.toml sends ``registry``'s blob pulls to a mirror
+    first (a ``[host]`` with the "pull" capability; a resolve-only host serves no layer)."""
+    return any(e.mirror and "pull" in e.capabilities
+               for e in registry_endpoints(registry, hosts_dir))
 
 
 def _default_upstream(registry: str) -> Endpoint:
@@ -77,7 +81,7 @@ def _default_upstream(registry: str) -> Endpoint:
 
 
 def _hosts_config(registry: str, hosts_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    for name in (registry, "_default"):
+    for name in _host_dirs(registry):
         path = hosts_dir / name / "hosts.toml"
         if path.is_file():
             try:
@@ -85,6 +89,14 @@ def _hosts_config(registry: str, hosts_dir: Path) -> tuple[Path, dict[str, Any]]
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise RegistryError(f"cannot read {path}: {exc}") from None
     return None
+
+
+def _host_dirs(registry: str) -> list[str]:
+    """The directories containerd looks in, in its order (``host:port`` as
+    ``host_port_`` first, as containerd's hostDirectory writes it)."""
+    colon = registry.rfind(":")
+    escaped = [f"{registry[:colon]}_{registry[colon + 1:]}_"] if colon > 0 else []
+    return [*escaped, registry, "_default"]
 
 
 def _endpoint(url: str, spec: Any, source: Path, mirror: bool) -> Endpoint:
