@@ -252,8 +252,8 @@ async def test_rollout_limit_holds_across_agents(api, tmp_path, registry, image_
 
 def _recording(gate, name: str, holders: set[str], peak: dict):
     @contextlib.asynccontextmanager
-    async def recorded(image: str):
-        async with gate(image):
+    async def recorded(image: str, **kw):
+        async with gate(image, **kw):
             holders.add(name)
             peak["gates"] = max(peak["gates"], len(holders))
             try:

@@ -3,9 +3,9 @@
 Orchestration only. Decisions live in ``plan`` (what to pull/pin/unpin/remove, which
 waiting pull goes next) and ``diskguard`` (may this pull fill the disk?); the engine's
 collaborators do the rest: ``prepare`` (credentials, manifest layers), ``slots`` (at most
-``concurrency`` pulls), ``apply`` (labels, removals, one watched CRI pull, the watch on
-image deletions), ``progress`` (bytes done) and ``reporting`` (the ticker that publishes
-to the ProgressReporter port).
+``concurrency`` pulls), ``gate`` (the rollout limit, told of mirrors), ``apply`` (labels,
+removals, one watched CRI pull, the watch on image deletions), ``progress`` (bytes done)
+and ``reporting`` (the ticker that publishes to the ProgressReporter port).
 
 API (used by ``nodeagent prewarm``, ``snapshot build`` and the DaemonSet agent)::
 
@@ -31,7 +31,6 @@ for ``stall_timeout_s`` while it is still downloading.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -50,6 +49,7 @@ from nodeagent.log import fields, redact_text
 from nodeagent.prewarm import apply, plan
 from nodeagent.prewarm.config import EngineConfig
 from nodeagent.prewarm.diskguard import DiskGuard
+from nodeagent.prewarm.gate import GatedPulls, PullGate
 from nodeagent.prewarm.prepare import Prepared, Preparer, SecretKeyringFactory
 from nodeagent.prewarm.progress import DOWNLOADING, IngestMonitor
 from nodeagent.prewarm.pullpath import PullPath
@@ -82,8 +82,6 @@ RETRYABLE = frozenset({"registry_unreachable", "stalled", "containerd_unavailabl
 HISTORY = 5
 PREPARE_AT_ONCE = 8
 
-PullGate = Callable[[str], contextlib.AbstractAsyncContextManager[object]]
-
 
 class PrewarmEngine:
     """Pulls, pins and self-heals this node's hot images. See the module docstring."""
@@ -100,12 +98,13 @@ class PrewarmEngine:
     ):
         """``secret_keyring`` (agent): builds a keyring from an image's pull secrets; it
         is asked first, then ``keyring`` (docker config files, credential providers).
-        ``statvfs`` replaces os.statvfs (tests). ``pull_gate`` (agent): ``pull_gate(key)``
-        is an async context manager held around each CRI pull (cluster-wide rollout limit)."""
+        ``statvfs`` replaces os.statvfs (tests). ``pull_gate`` (agent): ``pull_gate(key,
+        mirrored=)`` is held around each pull (cluster-wide rollout limit; prewarm/gate)."""
         self.client = client
         self.config = config = config or EngineConfig()
         self.reporter = reporter
         self.pull_gate = pull_gate
+        self.gated = GatedPulls(client, config)
         self.monitor = IngestMonitor(client, config.poll_interval_s,
                                      on_bytes=metrics.PREWARM_PULLED_BYTES.inc)
         self.preparer = Preparer(keyring, secret_keyring, config.hosts_dir,
@@ -340,7 +339,7 @@ class PrewarmEngine:
             self._skip(key, state, skip)
             return "disk_guard"
         state.phase = DOWNLOADING
-        async with self.pull_gate(key) if self.pull_gate else contextlib.nullcontext():
+        async with self.gated.held(self.pull_gate, image):
             image_id, path = await self.pull_path.pull(image, auth, progress)
         target = await apply.label_pulled(self.client, image, image_id, state.digest)
         state.pull_path = path

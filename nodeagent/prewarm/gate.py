@@ -1,0 +1,81 @@
+"""The engine's pull gate (the agent's cluster-wide rollout limit) and what it is told.
+
+``pull_gate(key, mirrored=...)`` is an async context manager the engine holds around each
+pull. ``mirrored`` says that containerd's hosts.toml sends the image's registry to a
+mirror first (a pull-through cache, or a P2P mirror such as Spegel or Dragonfly): the
+rollout limit then needs to hold back only a first wave of seed nodes, and the others pull
+through the mirror at once (kube/rollout_plan). The hosts.toml directory is the one the
+pulls use: an explicit ``--hosts-dir``, else the CRI plugin's ``config_path`` as seen
+from here (``host_root``). Each file is read at every pull: Spegel writes its mirrors
+when it starts, and containerd too reads them per pull.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodeagent.containerd.model import ContainerdError
+from nodeagent.log import fields
+from nodeagent.pull.preconditions import view_path
+from nodeagent.registry.endpoints import has_mirror
+from nodeagent.registry.errors import RegistryError
+
+if TYPE_CHECKING:
+    from nodeagent.containerd.client import ContainerdClient
+    from nodeagent.prewarm.config import EngineConfig
+    from nodeagent.prewarm.desired import DesiredImage
+
+log = logging.getLogger(__name__)
+
+# pull_gate(key, mirrored=bool): held around one pull
+PullGate = Callable[..., contextlib.AbstractAsyncContextManager[object]]
+
+
+class GatedPulls:
+    """``async with gated.held(gate, image):`` around a pull; no gate, no wait."""
+
+    def __init__(self, client: ContainerdClient, config: EngineConfig) -> None:
+        self.client = client
+        self.explicit_hosts_dir = config.hosts_dir
+        self.host_root = config.host_root
+        self._cri_hosts_dir: Path | None = None
+        self._cri_read = False
+
+    @contextlib.asynccontextmanager
+    async def held(self, gate: PullGate | None, image: DesiredImage) -> AsyncIterator[None]:
+        if gate is None:
+            yield
+            return
+        async with gate(image.name, mirrored=await self.mirrored(image)):
+            yield
+
+    async def mirrored(self, image: DesiredImage) -> bool:
+        """Does containerd ask a mirror first for this image's blobs?"""
+        hosts_dir = await self.hosts_dir()
+        try:
+            return has_mirror(image.reference.registry, hosts_dir)
+        except RegistryError as exc:  # the pull itself will say so; the plain limit holds
+            log.warning("cannot read the registry's hosts.toml; the plain rollout limit "
+                        "applies", extra=fields(image=image.name, error=str(exc)))
+            return False
+
+    async def hosts_dir(self) -> Path | None:
+        if self.explicit_hosts_dir is not None:
+            return self.explicit_hosts_dir
+        if not self._cri_read:
+            from nodeagent.containerd.store import ContainerdStore
+
+            try:
+                config_path = (await ContainerdStore(self.client).cri_config()).config_path
+            except ContainerdError as exc:  # asked again at the next pull
+                log.warning("cannot read containerd's registry config_path; no mirror "
+                            "assumed for this pull", extra=fields(error=str(exc)))
+                return None
+            self._cri_read = True
+            if config_path:
+                self._cri_hosts_dir = Path(view_path(self.host_root, config_path))
+        return self._cri_hosts_dir
