@@ -84,6 +84,19 @@ def test_seed_wave_then_everyone_through_the_mirror():
     assert not rp.seeds_done(coordinator(seeds_done_at=wall), wall + timedelta(hours=3), 7200)
 
 
+def test_a_seed_that_left_is_replaced_and_a_wave_nobody_fills_ends():
+    # the seed t0 failed (its ticket is gone): the next mirrored node becomes the seed
+    waiting = [ticket(i, mirrored=True, seed_wave=1) for i in (1, 2, 3)]
+    plan = rp.plan(state(waiting, coordinator(through=100)), limit=2, duration_s=30, now=0)
+    assert [t.name for t in plan.grants] == ["t1"] and not plan.mark_seeds_done
+    # wave 3, but the only two mirrored nodes are done: their records go, step down
+    done = [ticket(i, mirrored=True, seed_wave=3, done=True, granted=True) for i in (0, 1)]
+    plan = rp.plan(state([*done, ticket(5)]), limit=1, duration_s=30, now=0)
+    assert {t.name for t in plan.remove} == {"t0", "t1"} and not plan.mark_seeds_done
+    assert [t.name for t in plan.grants] == ["t5"]  # the plain node keeps its turn
+    assert rp.plan(state(done), limit=1, duration_s=30, now=0).idle
+
+
 def test_coordinator_vacancy_by_own_clock():
     clock = rp.VersionClock()
     coord = coordinator()

@@ -9,7 +9,11 @@ node takes the role over after a random delay (so a thousand waiters do not all 
 The protocol and its decisions are in rollout_plan. An idle node makes no API call here.
 
 With ``mirrored=True`` (containerd has a mirror for the image's registry) only the first
-``seed_wave`` nodes wait for a slot; once they have the image the others pull at once.
+``seed_wave`` nodes wait for a slot (the seeds); a seed that pulled marks its ticket done,
+and once ``seed_wave`` seeds are done the coordinator opens the gate for every mirrored
+node, which then pulls at once through the mirror (rollout_plan). A seed that fails or
+dies leaves the queue and the next mirrored node becomes a seed. ``seed_wave=0`` turns
+this off: mirrored images obey the plain limit.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class RolloutLimiter:
     holder: str  # this node's name
     slots: int  # the rollout limit
     lease_duration_s: int = 30
-    seed_wave: int = 0  # mirrored images: nodes that go first (0: as many as slots)
+    seed_wave: int | None = None  # mirrored images: seeds (None: as many as slots; 0: off)
     seeds_ttl_s: float = 24 * 3600  # how long a finished seed wave lets nodes skip the queue
     discovery_s: float = 0.1  # how long to wait to hear of a coordinator before electing one
     election_window_s: float = 0.5  # a vacant coordinator role is taken within about this
@@ -61,7 +65,9 @@ class RolloutLimiter:
     async def gate(self, image: str, *, mirrored: bool = False,
                    seed_wave: int | None = None) -> AsyncIterator[None]:
         started = self.clock()
-        waiter = _Waiter(self, image, mirrored, seed_wave or self.seed_wave or self.slots)
+        wave = self.seed_wave_for(seed_wave)
+        mirrored = mirrored and wave > 0
+        waiter = _Waiter(self, image, mirrored, wave)
         ticket = await waiter.wait_turn()
         metrics.ROLLOUT_LEASE_WAIT.observe(self.clock() - started)
         if ticket is None:  # a mirrored image whose seeds are done: no slot needed
@@ -82,6 +88,13 @@ class RolloutLimiter:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(
                     waiter.finish(ticket, seed_done=pulled and mirrored)), 5)
+
+    def seed_wave_for(self, asked: int | None = None) -> int:
+        """The seed wave: asked for, else configured, else as many as the limit."""
+        for wave in (asked, self.seed_wave):
+            if wave is not None:
+                return max(0, wave)
+        return self.slots
 
     def coordinating(self, image: str) -> bool:
         entry = self._coordinators.get(image)

@@ -23,8 +23,15 @@ waiter ``duration`` after its last write.
 
 Seed, then peers: with a registry mirror (a P2P mirror or pull-through cache), the limit
 applies to the first ``seed_wave`` mirrored tickets (the seeds); once that many seeds
-have the image (their tickets marked ``done``), the coordinator records ``seeds-done-at``
-and every other mirrored node pulls at once, through the mirror, without a slot.
+have the image (their tickets marked ``done`` after a successful pull, so the image is
+whole in their containerd and, for a pull-through cache, in the cache), the coordinator
+records ``seeds-done-at`` on its Lease and every other mirrored node pulls at once,
+through the mirror, without a slot; a node that comes later (within ``seeds_ttl``)
+takes no ticket at all. A seed that fails deletes its ticket, one that dies stops
+renewing it and the coordinator removes it: either way the next mirrored node in the
+queue becomes a seed. When every mirrored node that asked is done before the wave is
+full, their records go and a later node starts a new wave (it is a seed itself).
+Nodes without a mirror for the image keep the plain limit, in the same queue.
 """
 
 from __future__ import annotations
@@ -159,13 +166,17 @@ def plan(state: QueueState, limit: int, duration_s: float, now: float) -> Plan:
     queue = sorted(state.tickets, key=lambda t: t.position)
     wave = _seed_wave(queue)
     seeds_are_done = state.seeds_done
-    if not seeds_are_done and wave and sum(t.done for t in queue) >= wave:
+    done = sum(t.done for t in queue)
+    if not seeds_are_done and wave and done >= wave:
         out.mark_seeds_done = seeds_are_done = True
+    # seeds nobody waits for: their records go, so the coordinator can step down
+    drained = done > 0 and not any(t.mirrored and not t.done for t in queue)
     # holders: granted, not finished, not a mirrored node that no longer needs a slot
     holders = [t for t in queue if may_pull(t, state.coordinator) and not t.done
                and not (t.mirrored and seeds_are_done)]
     expired = {t.name for t in holders if now - state.alive_since.get(t.name, now) >= duration_s}
-    out.remove = [t for t in queue if t.name in expired or (t.done and seeds_are_done)]
+    out.remove = [t for t in queue
+                  if t.name in expired or (t.done and (seeds_are_done or drained))]
     removed = {t.name for t in out.remove}
     holding = [t for t in holders if t.name not in removed]
     expiries = [state.alive_since.get(t.name, now) + duration_s for t in holding]
