@@ -4,16 +4,24 @@ Used by `nodeagent demo`, the tests and the benchmarks. containerd treats 127.0.
 as plain HTTP, so no TLS or hosts.toml is needed to pull from it. With `users`, the
 registry requires credentials: `auth="basic"` checks HTTP basic auth against a bcrypt
 htpasswd file; `auth="token"` makes it a bearer-token registry (like ECR or Docker Hub)
-backed by an in-process token service (nodeagent.sandbox.tokenauth).
+backed by an in-process token service (nodeagent.sandbox.tokenauth). With
+`proxy_remote`, it is a pull-through cache of that registry (distribution's proxy mode,
+what a registry mirror in hosts.toml often is): it fetches what it lacks from there and
+serves it from its own storage afterwards; a cache is read-only (pushes are refused).
+`access_log()` lists the requests it answered (method, path, status), e.g. to count
+what reached an upstream registry.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import secrets
 import socket
 import subprocess
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +32,17 @@ from nodeagent.sandbox.tokenauth import TokenServer
 
 REALM = "nodeagent-sandbox"
 START_TIMEOUT_S = 20.0
+# the access log's combined format: host - user [time] "METHOD path proto" status bytes ...
+_ACCESS_LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) ')
+
+
+@dataclass(frozen=True)
+class Access:
+    """One request the registry answered, from its access log."""
+
+    method: str
+    path: str  # without the query string
+    status: int
 
 
 def free_port() -> int:
@@ -50,11 +69,18 @@ class LocalRegistry:
 
     def __init__(
         self, workdir: Path, users: dict[str, str] | None = None, *, auth: str = "basic",
-        detach: bool = False,
+        detach: bool = False, proxy_remote: str | None = None,
     ) -> None:
-        """`detach`: keep running if this process dies (else it gets SIGTERM)."""
+        """`detach`: keep running if this process dies (else it gets SIGTERM).
+        `proxy_remote`: the URL of the registry to cache (pull-through cache mode)."""
         if auth not in ("basic", "token"):
             raise SandboxError(f"unknown registry auth {auth!r}: use 'basic' or 'token'")
+        if proxy_remote is not None:
+            parts = urllib.parse.urlsplit(proxy_remote)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SandboxError(f"pull-through cache: {proxy_remote!r} is not an http(s) "
+                                   "URL of a registry")
+        self.proxy_remote = proxy_remote
         self.workdir = Path(workdir)
         self.users = dict(users or {})
         self.auth = auth if self.users else ""
@@ -154,7 +180,22 @@ class LocalRegistry:
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: {self._http_secret}\n"
             + auth
+            + (f"proxy:\n  remoteurl: {self.proxy_remote}\n" if self.proxy_remote else "")
         )
+
+    def access_log(self) -> list[Access]:
+        """The requests answered so far, oldest first (empty before any)."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            match = _ACCESS_LINE.match(line)
+            if match:
+                method, target, status = match.groups()
+                entries.append(Access(method, target.split("?", 1)[0], int(status)))
+        return entries
 
     def _answers(self) -> bool:
         """True once /v2/ gives any HTTP answer (401 counts: auth is on)."""
@@ -187,5 +228,6 @@ class LocalRegistry:
 
     def __repr__(self) -> str:  # never shows passwords
         port = self.port if self.port is not None else "-"
+        proxy = f", proxy of {self.proxy_remote}" if self.proxy_remote else ""
         return f"LocalRegistry(127.0.0.1:{port}, auth={self.auth or 'none'!r}, " \
-            f"users={sorted(self.users)})"
+            f"users={sorted(self.users)}{proxy})"
