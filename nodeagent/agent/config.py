@@ -44,6 +44,9 @@ class AgentConfig:
     startup_taint: TaintSpec | None = None
     startup_taint_timeout_s: float = 900.0
     rollout_limit: int = 0  # 0: off
+    # images with a registry mirror: the limit holds back only this many seed nodes, then
+    # everyone pulls through the mirror (None: as many as rollout_limit; 0: no seed wave)
+    rollout_seed_nodes: int | None = None
     lease_namespace: str = "nodeagent"
     lease_duration_s: int = 30
     disks_setup: DisksSetup | None = None  # None: the agent never sets disks up

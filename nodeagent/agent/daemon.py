@@ -69,6 +69,7 @@ class Agent:
                                             heartbeat_s=config.heartbeat_s,
                                             min_interval_s=config.status_min_interval_s)
         self.feed = EngineFeed(self._wake.set)
+        self.limiter = self._rollout_limiter()
         self.engine = self._engine()
         self.storage = Storage()
         self.storage_settled = asyncio.Event()
@@ -97,17 +98,22 @@ class Agent:
 
         return ModelsAgent(self.config, self.kube, self.events, self._wake.set, self._mirror)
 
+    def _rollout_limiter(self) -> Any:
+        """The cluster-wide rollout limit (None: off); with a registry mirror, a seed wave."""
+        config = self.config
+        if config.rollout_limit <= 0:
+            return None
+        from nodeagent.kube.lease import RolloutLimiter
+
+        return RolloutLimiter(self.kube, config.lease_namespace, config.node_name,
+                              config.rollout_limit, lease_duration_s=config.lease_duration_s,
+                              seed_wave=config.rollout_seed_nodes)
+
     def _engine(self) -> Any:
         from nodeagent.credentials.options import build_keyring
         from nodeagent.prewarm.engine import PrewarmEngine
 
-        gate = None
-        if self.config.rollout_limit > 0:
-            from nodeagent.kube.lease import RolloutLimiter
-
-            gate = RolloutLimiter(self.kube, self.config.lease_namespace, self.config.node_name,
-                                  self.config.rollout_limit,
-                                  lease_duration_s=self.config.lease_duration_s).gate
+        gate = self.limiter.gate if self.limiter is not None else None
         prewarm = self.config.prewarm
         return PrewarmEngine(self.containerd, build_keyring(prewarm.credentials), prewarm.engine,
                              self.feed, secret_keyring=self.secrets, pull_gate=gate)
@@ -158,6 +164,8 @@ class Agent:
                 await asyncio.gather(self._engine_task, return_exceptions=True)
         if models is not None:
             await models
+        if self.limiter is not None:  # coordinator Leases released: others take over at once
+            await self.limiter.aclose()
         mirror_stop.set()
         for task in tasks:
             task.cancel()
