@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.models_fixtures import BUCKET, MiB, aws_env, data, moto, proxy, put_multipart, s3
 
 from nodeagent import metrics
-from nodeagent.models import ModelSpec, SyncOptions, sync
+from nodeagent.models import ModelSpec, SyncOptions, manifest, sync
+from nodeagent.models.inventory import inventory
+from nodeagent.models.layout import CacheLayout
 from nodeagent.sandbox.throttle import ThrottleProxy
 
 RANGE = 4 * MiB
@@ -95,3 +98,48 @@ def test_stale_staging_of_a_model_no_longer_listed_is_removed(s3, tmp_path: Path
     result = sync([ModelSpec("small", f"s3://{BUCKET}/small/")],
                   SyncOptions(cache_dir=str(tmp_path / "cache")))
     assert result.ok and not stale.exists()
+
+
+CRASH_AFTER_SWAP = """
+import os, signal, sys
+import nodeagent.models.publish as publish
+from nodeagent.models import ModelSpec, SyncOptions, sync
+real_swap = publish.swap_in
+def swap_then_crash(*args):
+    real_swap(*args)
+    os.kill(os.getpid(), signal.SIGKILL)  # the tree is in place, its manifest not yet
+publish.swap_in = swap_then_crash
+sync([ModelSpec("m", "s3://models/m/")], SyncOptions(cache_dir=sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-publish", "update"])
+def test_a_crash_between_the_swap_and_the_manifest_downloads_nothing_again(
+        s3, proxy: ThrottleProxy, tmp_path: Path, first: bool) -> None:
+    cache = tmp_path / "cache"
+    layout = CacheLayout(cache)
+    s3.put_object(Bucket=BUCKET, Key="m/config.json", Body=b'{"v": 1}')
+    s3.put_object(Bucket=BUCKET, Key="m/weights.bin", Body=data(3 * MiB, 1))
+    if not first:
+        assert sync([ModelSpec("m", f"s3://{BUCKET}/m/")], SyncOptions(cache_dir=str(cache))).ok
+        s3.put_object(Bucket=BUCKET, Key="m/weights.bin", Body=data(3 * MiB, 2))
+    child = subprocess.run([sys.executable, "-c", CRASH_AFTER_SWAP, str(cache)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    # The new tree is published; the manifest beside it is missing or the old one.
+    assert (cache / "m" / "weights.bin").read_bytes() == data(3 * MiB, 2 if not first else 1)
+    assert manifest.load_trusted(layout.manifest("m"), layout.tree("m")) is None
+    assert layout.pending_manifest("m").exists()
+    # `models ls` already sees the pair as one verified model.
+    (row,) = inventory(layout, None)
+    assert (row.name, row.verified) == ("m", "yes")
+
+    proxy.reset_requests()
+    again = sync([ModelSpec("m", f"s3://{BUCKET}/m/")], SyncOptions(cache_dir=str(cache)))
+    assert again.ok and again.models[0].state == "present"
+    assert [t for m, t in proxy.requests() if m == "GET" and "list-type" not in t] == []
+    published = manifest.load_trusted(layout.manifest("m"), layout.tree("m"))
+    assert published is not None and sorted(e.path for e in published.objects) == [
+        "config.json", "weights.bin"]
+    assert not layout.staging("m").exists()
+    assert not list(layout.trash.iterdir())  # the old version, swapped out, is gone too

@@ -19,11 +19,16 @@ from pathlib import Path
 
 from nodeagent import metrics
 from nodeagent.log import fields
-from nodeagent.models import inuse, manifest
+from nodeagent.models import inuse
 from nodeagent.models.errors import ModelCacheError
 from nodeagent.models.evict import CachedModel, EvictionPlan
 from nodeagent.models.layout import CacheLayout
-from nodeagent.models.publish import move_to_trash, remove_tree
+from nodeagent.models.publish import (
+    finish_interrupted,
+    move_to_trash,
+    remove_tree,
+    trusted_manifest,
+)
 
 log = logging.getLogger("nodeagent.models")
 
@@ -72,7 +77,7 @@ def entries(layout: CacheLayout) -> list[Entry]:
     found = []
     for name in layout.model_names():
         tree = layout.tree(name)
-        m = manifest.load_trusted(layout.manifest(name), tree)
+        m = trusted_manifest(layout, name)
         if m is not None:
             found.append(Entry(name, m.total_bytes, m.priority, m.source, m.published_at,
                                False, len(m.objects)))
@@ -121,7 +126,11 @@ def evict(layout: CacheLayout, plan: EvictionPlan) -> list[str]:
 
 
 def clean(layout: CacheLayout, wanted: Collection[str]) -> None:
-    """Staging dirs of models not wanted now (dead runs), and trash nobody uses."""
+    """Publishes a dead run left half-done, staging dirs of models not wanted now (dead
+    runs), and trash nobody uses."""
+    for name in finish_interrupted(layout):
+        log.info("finished publishing a model a dead run had swapped in",
+                 extra=fields(model=name))
     for entry in _dirs(layout.staging_root):
         if entry.name not in wanted:
             log.info("removing a stale staging dir", extra=fields(path=str(entry)))

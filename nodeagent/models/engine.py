@@ -30,7 +30,7 @@ from nodeagent.models.layout import CacheLayout, resolve_cache_dir
 from nodeagent.models.options import SyncOptions
 from nodeagent.models.pool import WorkerPool
 from nodeagent.models.progress import ModelProgress, Reporter
-from nodeagent.models.publish import fsync_tree, remove_tree, swap_in
+from nodeagent.models.publish import fsync_tree, publish, remove_tree, trusted_manifest
 from nodeagent.models.runner import ModelJob
 from nodeagent.models.source import ModelSource
 from nodeagent.models.sources import Sources
@@ -146,7 +146,7 @@ class _Run:
         except ModelError as exc:
             return self._failed(spec.name, exc)
         tree = self.layout.tree(spec.name)
-        current = manifest.load_trusted(self.layout.manifest(spec.name), tree)
+        current = trusted_manifest(self.layout, spec.name)
         present = _sizes(tree, current) if current else {}
         diff = plan.diff(listing, current.by_path() if current else None, present)
         if diff.up_to_date and current is not None:
@@ -223,8 +223,7 @@ class _Run:
                                   tree_inode=new_tree.stat().st_ino,
                                   objects=sorted(entries, key=lambda e: e.path))
             job.journal.close()
-            old_tree = swap_in(new_tree, self.layout.tree(spec.name), self.layout.trash)
-            manifest.write(self.layout.manifest(spec.name), m)
+            old_tree = publish(self.layout, spec.name, m)
             remove_tree(self.layout.staging(spec.name))
             if old_tree is not None:
                 cache.empty_trash(self.layout)

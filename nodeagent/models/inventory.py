@@ -21,6 +21,7 @@ from nodeagent.console import fmt_bytes
 from nodeagent.models import inuse, manifest
 from nodeagent.models.cache import tree_bytes
 from nodeagent.models.layout import CacheLayout
+from nodeagent.models.publish import trusted_manifest
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _row(layout: CacheLayout, name: str, listed: Collection[str] | None) -> Row 
     if not tree.is_dir():
         return None  # a manifest whose tree is gone: nothing cached (sync tidies it)
     is_listed = None if listed is None else name in listed
-    m = manifest.load_trusted(layout.manifest(name), tree)
+    m = trusted_manifest(layout, name)
     if m is None:
         return Row(name, tree_bytes(tree), "", "no", "", is_listed)
     checks = Counter(e.verified.split(" ")[0] for e in m.objects)

@@ -4,7 +4,8 @@
       <name>/                     a published model: the object keys below its prefix
       <name>.manifest.json        what <name>/ holds: source, keys, sizes, ETags, checksums
       .nodeagent/lock             flock held by the one run working on this cache
-      .nodeagent/staging/<name>/  a download in progress (tree/ + journal.jsonl), resumable
+      .nodeagent/staging/<name>/  a download in progress (tree/ + journal.jsonl), resumable;
+                                  manifest.json while it is being published
       .nodeagent/trash/           replaced or evicted trees, deleted once nobody uses them
 
 A model name is a DNS-1123 label, so it never collides with the dot-entries. Everything is
@@ -64,6 +65,10 @@ class CacheLayout:
 
     def staging(self, name: str) -> Path:
         return self.staging_root / name
+
+    def pending_manifest(self, name: str) -> Path:
+        """The new version's manifest, written before its tree is swapped in."""
+        return self.staging(name) / "manifest.json"
 
     @property
     def trash(self) -> Path:

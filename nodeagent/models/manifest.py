@@ -2,9 +2,10 @@
 
 It records the source, every object (path, key, size, ETag, version id, how it was
 verified and the value checked) and when the version was published. It also records the
-inode of the tree it describes: publishing swaps the tree first and the manifest right
-after, so a crash between the two leaves a manifest whose inode does not match, which
-``load_trusted`` treats as "nothing trusted published" (the next sync re-fetches).
+inode of the tree it describes, so a manifest is only trusted beside that very tree
+(``load_trusted``). Publishing writes the new manifest into the staging dir, swaps the
+tree in, then renames the manifest beside it (publish.py): a crash between the two
+renames leaves a staged manifest naming the published tree, which completes the pair.
 """
 
 from __future__ import annotations
@@ -80,10 +81,15 @@ def load_trusted(path: Path, tree: Path) -> Manifest | None:
 
 
 def write(path: Path, manifest: Manifest) -> None:
-    """Atomically (temp file, fsync, rename)."""
+    """Atomically and durably (temp file, fsync, rename, fsync of the directory)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(manifest.to_json())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
