@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent import redaction
 from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.images import (
     BuiltImage,
@@ -246,6 +247,13 @@ def image_pusher(registry: LocalRegistry, image_cache: Path) -> ImagePusher:
         return PushedImage(image, target.host)
 
     return push
+
+
+@pytest.fixture(autouse=True)
+def _forget_known_secrets() -> Iterator[None]:
+    """Secrets one test made known (nodeagent.redaction) must not mask the next one's text."""
+    yield
+    redaction.forget_all()
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,7 @@ from nodeagent.kube.client import load_config, make_client
 from nodeagent.kube.lease import RolloutLimiter
 from nodeagent.prewarm.config import EngineConfig
 from nodeagent.prewarm.gate import GatedPulls
+from nodeagent.registry.endpoints import hosts_root
 from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.local_registry import LocalRegistry
 
@@ -191,7 +192,7 @@ async def test_a_mirror_is_read_from_the_hosts_toml_the_pulls_use(containerd, tm
     await client.connect()
     try:
         gated = GatedPulls(client, EngineConfig())
-        assert await gated.hosts_dir() == containerd.config_path
+        assert await gated.hosts_dirs() == [containerd.config_path]
 
         def image(ref: str):
             return desired(ref)[0]
@@ -213,6 +214,15 @@ async def test_a_mirror_is_read_from_the_hosts_toml_the_pulls_use(containerd, tm
             '[host."http://127.0.0.1:1"]\n  capabilities = ["pull", "resolve"]\n')
         gated = GatedPulls(client, EngineConfig(hosts_dir=explicit))
         assert await gated.mirrored(image("anything.example.org/ml/b:2"))
+        # several roots (containerd 2's default lists two): the first that configures
+        # the registry decides, its _default included
+        empty, other = tmp_path / "empty", tmp_path / "other"
+        empty.mkdir()
+        (other / "registry.example.com").mkdir(parents=True)
+        (other / "registry.example.com" / "hosts.toml").write_text('server = "https://x"\n')
+        assert hosts_root("registry.example.com", [empty, explicit, other]) == explicit
+        assert hosts_root("registry.example.com", [empty, other, explicit]) == other
+        assert hosts_root("registry.example.com", [empty]) is None
     finally:
         await client.close()
 

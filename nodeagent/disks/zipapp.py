@@ -1,7 +1,8 @@
 """Build the disks-only single-file zipapp: `python -m nodeagent.disks.zipapp OUT.pyz`.
 
-The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, inputs, log), nodeagent/disks
-and the host facts it reads (nodeagent/hostfacts): standard library only. It runs with
+The archive holds the CLI skeleton (nodeagent/__init__, cli, errors, inputs, log,
+redaction), nodeagent/disks and the host facts it reads (nodeagent/hostfacts): standard
+library only. It runs with
 any python3 >= 3.11 on the host, `./nodeagent.pyz disks setup`, which is how the boot
 service runs on nodes that do not have nodeagent's Python dependencies.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import nodeagent
 
-CORE = ("__init__.py", "cli.py", "errors.py", "inputs.py", "log.py")
+CORE = ("__init__.py", "cli.py", "errors.py", "inputs.py", "log.py", "redaction.py")
 PACKAGES = ("disks", "hostfacts")
 MAIN = '''"""nodeagent (disks-only build)."""
 import sys

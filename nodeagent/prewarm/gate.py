@@ -6,14 +6,17 @@ mirror first (a pull-through cache, or a P2P mirror such as Spegel or Dragonfly)
 rollout limit then needs to hold back only a first wave of seed nodes, and the others pull
 through the mirror at once (kube/rollout_plan). The hosts.toml directory is the one the
 pulls use: an explicit ``--hosts-dir``, else the CRI plugin's ``config_path`` as seen
-from here (``host_root``). Each file is read at every pull: Spegel writes its mirrors
-when it starts, and containerd too reads them per pull.
+from here (``host_root``; containerd 2 lists two by default,
+``/etc/containerd/certs.d:/etc/docker/certs.d``, and takes the first that configures the
+registry). The files are read at every pull: Spegel writes its mirrors when it starts,
+and containerd too reads them per pull.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 from nodeagent.containerd.model import ContainerdError
 from nodeagent.log import fields
 from nodeagent.pull.preconditions import view_path
-from nodeagent.registry.endpoints import has_mirror
+from nodeagent.registry.endpoints import has_mirror, hosts_root
 from nodeagent.registry.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ class GatedPulls:
         self.client = client
         self.explicit_hosts_dir = config.hosts_dir
         self.host_root = config.host_root
-        self._cri_hosts_dir: Path | None = None
+        self._cri_roots: list[Path] = []
         self._cri_read = False
 
     @contextlib.asynccontextmanager
@@ -55,17 +58,18 @@ class GatedPulls:
 
     async def mirrored(self, image: DesiredImage) -> bool:
         """Does containerd ask a mirror first for this image's blobs?"""
-        hosts_dir = await self.hosts_dir()
+        registry = image.reference.registry
         try:
-            return has_mirror(image.reference.registry, hosts_dir)
+            return has_mirror(registry, hosts_root(registry, await self.hosts_dirs()))
         except RegistryError as exc:  # the pull itself will say so; the plain limit holds
             log.warning("cannot read the registry's hosts.toml; the plain rollout limit "
                         "applies", extra=fields(image=image.name, error=str(exc)))
             return False
 
-    async def hosts_dir(self) -> Path | None:
+    async def hosts_dirs(self) -> list[Path]:
+        """Where the pulls read hosts.toml, in containerd's order."""
         if self.explicit_hosts_dir is not None:
-            return self.explicit_hosts_dir
+            return [self.explicit_hosts_dir]
         if not self._cri_read:
             from nodeagent.containerd.store import ContainerdStore
 
@@ -74,8 +78,8 @@ class GatedPulls:
             except ContainerdError as exc:  # asked again at the next pull
                 log.warning("cannot read containerd's registry config_path; no mirror "
                             "assumed for this pull", extra=fields(error=str(exc)))
-                return None
+                return []
             self._cri_read = True
-            if config_path:
-                self._cri_hosts_dir = Path(view_path(self.host_root, config_path))
-        return self._cri_hosts_dir
+            self._cri_roots = [Path(view_path(self.host_root, root))
+                               for root in config_path.split(os.pathsep) if root]
+        return self._cri_roots

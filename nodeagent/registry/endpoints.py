@@ -74,6 +74,15 @@ def has_mirror(registry: str, hosts_dir: Path | None) -> bool:
                for e in registry_endpoints(registry, hosts_dir))
 
 
+def hosts_root(registry: str, roots: list[Path]) -> Path | None:
+    """Of several hosts directories (containerd's ``config_path`` may list them, ``a:b``),
+    the first with a hosts.toml for ``registry`` (or ``_default``), as containerd picks."""
+    for root in roots:
+        if any((root / name / "hosts.toml").is_file() for name in _host_dirs(registry)):
+            return root
+    return None
+
+
 def _default_upstream(registry: str) -> Endpoint:
     host = DOCKER_HUB_HOST if registry == DEFAULT_REGISTRY else registry
     scheme = "http" if LOOPBACK.match(host) else "https"
