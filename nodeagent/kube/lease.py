@@ -179,6 +179,7 @@ class _Waiter:
     async def _wait(self) -> Any:
         clock = self.limiter.clock
         if self.mirrored and await self._seeds_done_already():
+            self._log_through_mirror()
             return None
         self._asked_at = clock()
         created = await self._create()
@@ -197,14 +198,20 @@ class _Waiter:
             if self.mirrored and rp.seeds_done(coordinator, rl.wall_now(),
                                                self.limiter.seeds_ttl_s):
                 await self._delete()
+                self._log_through_mirror()
                 return None
             if not waiting_logged:
-                log.info("rollout limit: waiting for a pull slot",
-                         extra=fields(image=self.image, slots=self.limiter.slots))
+                log.info("rollout limit: waiting for a pull slot", extra=fields(
+                    image=self.image, slots=self.limiter.slots,
+                    seed_wave=self.seed_wave if self.mirrored else None))
                 waiting_logged = True
             wake = await self._coordinate_if_vacant(lease, coordinator, clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), max(0.0, wake - clock()))
+
+    def _log_through_mirror(self) -> None:
+        log.info("rollout limit: the seed nodes have the image; pulling through the mirror "
+                 "without a slot", extra=fields(image=self.image))
 
     async def _seeds_done_already(self) -> bool:
         """Mirrored image: has a seed wave already finished? (then no ticket at all)"""
