@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from nodeagent import __version__
 from nodeagent.errors import NodeagentError
+from nodeagent.inputs import StrictParser
 from nodeagent.log import redact_text, setup_logging
 
 # Modules providing register(subparsers). Kept as names so a missing optional concern
@@ -34,7 +35,7 @@ log = logging.getLogger("nodeagent")
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StrictParser(  # no abbreviated options, in every subcommand too
         prog="nodeagent",
         description="Node agent that makes AI/ML workloads start fast on Kubernetes nodes.",
     )

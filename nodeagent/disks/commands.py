@@ -76,7 +76,8 @@ def _add_setup(p: argparse.ArgumentParser) -> None:
 def setup_options(argv: Sequence[str]) -> Options:
     """The Options `nodeagent disks setup ARGV` would use (the agent runs that command in
     a child process and reads its array and mount path); UsageError when ARGV is bad."""
-    parser = argparse.ArgumentParser(prog="nodeagent disks setup", add_help=False)
+    parser = argparse.ArgumentParser(prog="nodeagent disks setup", add_help=False,
+                                     allow_abbrev=False)
     _add_setup(parser)
     errors = io.StringIO()
     try:

@@ -65,7 +65,7 @@ def _precompile(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nodeagent.disks.zipapp",
+    parser = argparse.ArgumentParser(prog="python -m nodeagent.disks.zipapp", allow_abbrev=False,
                                      description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="archive to write, e.g. nodeagent.pyz")
     parser.add_argument("--python", default="/usr/bin/env python3",

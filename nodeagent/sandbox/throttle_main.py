@@ -4,23 +4,27 @@ line; on SIGTERM/SIGINT prints its stats as one line and exits."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 
+from nodeagent.inputs import Range, StrictParser, listen_port
 from nodeagent.sandbox.throttle import MiB, ThrottleProxy
+
+RATE_MIBPS = Range(float, 0, 1e6, low_open=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nodeagent.sandbox.throttle_main",
+    p = StrictParser(prog="python -m nodeagent.sandbox.throttle_main",
                                 description="Throttling TCP proxy on loopback (runs until "
                                             "SIGTERM/SIGINT; prints its address, then its "
                                             "stats as one line on exit).")
     p.add_argument("upstream", help="host:port to forward to")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--per-connection-mibps", type=float, default=None)
-    p.add_argument("--total-mibps", type=float, default=None)
+    p.add_argument("--port", type=listen_port, default=0, help="default 0: any free port")
+    p.add_argument("--per-connection-mibps", type=RATE_MIBPS, default=None,
+                   help=f"MiB/s per connection, {RATE_MIBPS} (default: unlimited)")
+    p.add_argument("--total-mibps", type=RATE_MIBPS, default=None,
+                   help=f"MiB/s for all connections, {RATE_MIBPS} (default: unlimited)")
     p.add_argument("--no-splice", action="store_true")
     args = p.parse_args(argv)
     proxy = ThrottleProxy(
