@@ -182,7 +182,7 @@ def test_source_errors_name_key_not_secret(data, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(AuthSourceError, match=r"cannot read registry credentials .*nope"):
+    with pytest.raises(AuthSourceError, match=r"registry credentials .*nope: cannot open"):
         DockerConfigKeyring.from_file(tmp_path / "nope")
 
 
@@ -432,7 +432,7 @@ def test_config_document_errors(tmp_path):
                                 "kind": "CredentialProviderConfig", "providers": []}))
     with pytest.raises(CredentialProviderError, match="providers must be a non-empty list"):
         load_credential_provider_config(path)
-    with pytest.raises(CredentialProviderError, match="cannot read"):
+    with pytest.raises(CredentialProviderError, match=r"missing\.json: cannot open"):
         load_credential_provider_config(tmp_path / "missing.json")
 
 

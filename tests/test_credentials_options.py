@@ -74,7 +74,8 @@ def test_a_plugin_directory_needs_a_config(tmp_path):
 
 def test_a_missing_config_is_an_error_unless_only_looked_for(tmp_path, caplog):
     absent = tmp_path / "absent.json"
-    with pytest.raises(CredentialProviderError, match="cannot read credential provider config"):
+    with pytest.raises(CredentialProviderError,
+                       match=r"credential provider config .*absent\.json: cannot open"):
         build_keyring(CredentialOptions(provider_config=absent))
     caplog.set_level(logging.INFO)
     assert build_keyring(CredentialOptions(provider_config=absent, provider_optional=True)) \

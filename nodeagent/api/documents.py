@@ -2,8 +2,10 @@
 
 ``read_documents`` expands directories (their *.yaml, *.yml, *.json, sorted), parses each
 file and yields every non-empty document with its file and position. Problems (missing
-file, empty directory, bad YAML, a duplicate mapping key) are collected, not raised, so
-the caller reports them together with the documents' own problems.
+file, empty directory, a FIFO or device, a file over the input size cap, bad YAML, a
+duplicate mapping key) are collected, not raised, so the caller reports them together
+with the documents' own problems. Files are read through ``nodeagent.inputs``: regular
+files only, at most ``MAX_INPUT_FILE_BYTES``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 
 from nodeagent.api.group import Kind
 from nodeagent.api.validation import Problem
+from nodeagent.inputs import InputFileError, read_input_text
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -38,7 +41,8 @@ def _expand(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            # Not only regular files: a FIFO or device named *.yaml is refused when read.
+            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and not p.is_dir())
             if not found:  # an empty list would mean "nothing wanted": say so instead
                 problems.append(_file_problem(path, "directory has no *.yaml, *.yml or *.json "
                                               "file"))
@@ -52,9 +56,9 @@ def _expand(paths: Iterable[Path], problems: list[Problem]) -> list[Path]:
 
 def _read_file(path: Path, kind: Kind, problems: list[Problem]) -> list[tuple[int, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(_file_problem(path, f"cannot read: {_reason(exc)}"))
+        text = read_input_text(path, f"{kind.name} file")
+    except InputFileError as exc:
+        problems.append(_file_problem(path, exc.reason))
         return []
     if path.suffix == ".json":  # JSON may use tabs, which YAML rejects
         try:
@@ -104,7 +108,3 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
     if mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return problem
-
-
-def _reason(exc: Exception) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

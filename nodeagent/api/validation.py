@@ -69,14 +69,20 @@ class InvalidObjects(NodeagentError):
     what = "objects"
     consequence = "nothing was used from it"
 
-    def __init__(self, problems: Sequence[Problem]):
+    def __init__(self, problems: Sequence[Problem], consequence: str | None = None):
         self.problems = list(problems)
+        self.consequence = consequence or self.consequence
         if len(self.problems) == 1:
             message = f"invalid {self.what}: {self.problems[0]}"
         else:
             lines = "\n".join(f"  - {p}" for p in self.problems)
             message = f"invalid {self.what}: {len(self.problems)} problems:\n{lines}"
         super().__init__(f"{message}\n{self.consequence}; fix and retry")
+
+    def saying(self, consequence: str) -> InvalidObjects:
+        """The same problems, with what the command at hand did not do because of them
+        (``images -f`` lists nothing; ``prewarm -f`` pulls nothing)."""
+        return type(self)(self.problems, consequence)
 
 
 class Checker:

@@ -19,6 +19,7 @@ from typing import Any
 from nodeagent.containerd.client import AuthConfig
 from nodeagent.credentials.keyring import RegistryPattern, best_match
 from nodeagent.errors import NodeagentError
+from nodeagent.inputs import InputFileError, read_input_file
 from nodeagent.log import fields
 from nodeagent.registry.reference import ImageReference
 
@@ -38,11 +39,10 @@ class DockerConfigKeyring:
     @classmethod
     def from_file(cls, path: Path | str) -> DockerConfigKeyring:
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise AuthSourceError(f"cannot read registry credentials {path}: "
-                                  f"{exc.strerror or exc}") from None
+        try:  # a regular file of at most MAX_INPUT_FILE_BYTES (a FIFO would hang)
+            data = read_input_file(path, "registry credentials")
+        except InputFileError as exc:
+            raise AuthSourceError(str(exc)) from None
         return cls.from_json(data, str(path))
 
     @classmethod

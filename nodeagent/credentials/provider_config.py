@@ -17,6 +17,7 @@ import yaml
 
 from nodeagent.credentials.keyring import RegistryPattern
 from nodeagent.errors import NodeagentError
+from nodeagent.inputs import InputFileError, read_input_text
 from nodeagent.registry.reference import ImageReference
 
 
@@ -66,11 +67,10 @@ class CredentialProvider:
 def load_credential_provider_config(path: Path | str) -> list[CredentialProvider]:
     """Read kubelet's CredentialProviderConfig (JSON or YAML) and validate it."""
     path = Path(path)
-    try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CredentialProviderError(f"cannot read credential provider config {path}: "
-                                      f"{exc.strerror or exc}") from None
+    try:  # a regular file of at most MAX_INPUT_FILE_BYTES (a FIFO would hang)
+        obj = yaml.safe_load(read_input_text(path, "credential provider config"))
+    except InputFileError as exc:
+        raise CredentialProviderError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise CredentialProviderError(f"{path}: not valid JSON/YAML: {exc}") from None
     return parse_credential_provider_config(obj, str(path))
