@@ -364,15 +364,14 @@ async def test_concurrent_requests_exec_once(plugin_env):
 
 
 async def test_failing_plugin_error_is_clear_and_redacted(plugin_env):
-    ring = plugin_env(env={"MODE": "fail"})
+    # hunter2 is one of the plugin's env values; the long token is opaque; the image stays
+    ring = plugin_env(env={"MODE": "fail", "PLUGIN_PASSWORD": "hunter2"})
     with pytest.raises(CredentialProviderError) as info:
         await ring.credentials_for(parse_reference(f"{ECR}/a:1"))
-    text = str(info.value)
     assert isinstance(info.value, NodeagentError)
-    assert text.startswith(f'credential provider "test-provider" failed for image "{ECR}/a:1": '
-                           "exit status 3; stderr: error: token ")
-    assert "denied for" in text
-    assert "hunter2" not in text and "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9" not in text
+    assert str(info.value) == (
+        f'credential provider "test-provider" failed for image "{ECR}/a:1": '
+        f"exit status 3; stderr: error: token *** password=*** denied for {ECR}/a:1")
 
 
 async def test_plugin_output_that_is_not_json_is_not_echoed(plugin_env):

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
+from nodeagent import redaction
 from nodeagent.containerd import convert
 from nodeagent.containerd.api.containerd.services.content.v1 import (
     content_pb2,
@@ -202,6 +203,9 @@ class ContainerdClient:
 
     async def pull_image(self, ref: str, auth: AuthConfig | None = None) -> str:
         """Pull (and unpack) ref through CRI; returns the image id (image_ref)."""
+        if auth is not None:  # containerd's error text may quote what it was given
+            redaction.register(*auth.secrets())
+            redaction.register_login(auth.username, auth.password)
         request = cri_pb2.PullImageRequest(
             image=cri_pb2.ImageSpec(image=ref), auth=convert.auth_proto(auth)
         )

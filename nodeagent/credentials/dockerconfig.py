@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nodeagent import redaction
 from nodeagent.containerd.client import AuthConfig
-from nodeagent.credentials.keyring import RegistryPattern, best_match
+from nodeagent.credentials.keyring import RegistryPattern, best_match, learned
 from nodeagent.errors import NodeagentError
 from nodeagent.inputs import InputFileError, read_input_file
 from nodeagent.log import fields
@@ -112,6 +113,8 @@ def _entry(key: str, value: Any, source: str) -> tuple[RegistryPattern, AuthConf
     for name in ("auth", "username", "password", "identitytoken", "registrytoken"):
         if name in value and not isinstance(value[name], str):
             raise AuthSourceError(f"{where}.{name}: must be a string")
+    redaction.register(*(value.get(n) for n in ("auth", "password", "identitytoken",
+                                                "registrytoken")))
     username, password = value.get("username", ""), value.get("password", "")
     if value.get("auth"):
         username, password = _decode_auth(value["auth"], where)
@@ -122,7 +125,7 @@ def _entry(key: str, value: Any, source: str) -> tuple[RegistryPattern, AuthConf
         log.debug("docker config entry without credentials skipped",
                   extra=fields(source=source, registry=key))
         return None
-    return pattern, auth
+    return pattern, learned(auth)
 
 
 def _decode_auth(encoded: str, where: str) -> tuple[str, str]:

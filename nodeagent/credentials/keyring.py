@@ -4,7 +4,8 @@ A ``Keyring`` answers ``credentials_for(ref)`` with an AuthConfig or None.
 ``ChainKeyring`` asks several in order (the first with credentials wins);
 ``RegistryPattern`` is kubelet's way of keying credentials (registry host with globs
 per DNS label such as ``*.example.com``, optional port, optional path prefix) and
-``best_match`` picks the most specific pattern, as kubelet does.
+``best_match`` picks the most specific pattern, as kubelet does. ``learned`` is how a
+credential source hands over what it read: its secrets are registered for redaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nodeagent import redaction
 from nodeagent.containerd.client import AuthConfig
 from nodeagent.registry.reference import DEFAULT_REGISTRY, ImageReference
 
@@ -92,6 +94,13 @@ def best_match(patterns: Iterable[tuple[RegistryPattern, Any]], ref: ImageRefere
     candidates.sort(key=lambda pv: str(pv[0]), reverse=True)
     candidates.sort(key=lambda pv: pv[0].specificity())
     return candidates[0][1]
+
+
+def learned(auth: AuthConfig) -> AuthConfig:
+    """``auth``, its secrets now known to redaction (password, tokens, base64 login)."""
+    redaction.register(*auth.secrets())
+    redaction.register_login(auth.username, auth.password)
+    return auth
 
 
 class ChainKeyring:

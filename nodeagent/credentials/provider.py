@@ -3,8 +3,19 @@
 For an image that a provider's matchImages covers, the plugin is run with a
 CredentialProviderRequest on stdin; its CredentialProviderResponse is cached per image,
 registry or globally for the duration it asks (else the provider's default). A plugin's
-stdout (the credentials) is never logged or echoed; its stderr is shown shortened, with
-long opaque strings masked.
+stdout (the credentials) is never logged or echoed; the credentials it returns are
+registered for redaction (``keyring.learned``).
+
+A failing plugin's stderr is shown (its last 500 characters), because it is the only
+clue to why it failed; it is free text from a process that may hold secrets nodeagent
+never saw, so before it is shown it loses: every secret nodeagent knows (``redaction``,
+with its rules for short values), the values of the provider's ``env`` entries and of
+``--flag=value`` args (commonly keys and tokens; masked only here, since the plugin's
+stderr is the one way they reach nodeagent's output, and process-wide they would mask
+ordinary words such as a region), and every run of 32 or more token characters other
+than the image and registry asked about (the shape of the access keys, session tokens
+and registry tokens a plugin fetches). A short secret the plugin learned by itself and
+prints cannot be told from ordinary text.
 """
 
 from __future__ import annotations
@@ -20,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodeagent import redaction
 from nodeagent.containerd.client import AuthConfig
-from nodeagent.credentials.keyring import RegistryPattern, best_match
+from nodeagent.credentials.keyring import RegistryPattern, best_match, learned
 from nodeagent.credentials.provider_config import (
     CACHE_KEY_TYPES,
     CredentialProvider,
@@ -29,13 +41,13 @@ from nodeagent.credentials.provider_config import (
     load_credential_provider_config,
     parse_duration,
 )
-from nodeagent.log import fields, redact_text
+from nodeagent.log import fields
 from nodeagent.registry.reference import ImageReference
 
 log = logging.getLogger(__name__)
 
 _STDERR_LIMIT = 500
-# Long opaque strings (tokens, base64 blobs) are masked in plugin stderr.
+# Long opaque strings (keys, tokens, base64 blobs) are masked in plugin stderr.
 _OPAQUE = re.compile(r"[A-Za-z0-9+/=_.\-]{32,}")
 
 
@@ -139,7 +151,7 @@ class CredentialProviderKeyring:
                 await proc.wait()
             raise
         if proc.returncode != 0:
-            raise fail(f"exit status {proc.returncode}{_stderr_note(stderr)}")
+            raise fail(f"exit status {proc.returncode}{_stderr_note(stderr, provider, ref)}")
         return stdout
 
 
@@ -151,12 +163,30 @@ def _failure(provider: CredentialProvider, ref: ImageReference
     return make
 
 
-def _stderr_note(stderr: bytes) -> str:
-    text = redact_text(stderr.decode("utf-8", "replace").strip())
-    text = _OPAQUE.sub("***", text)
+def _stderr_note(stderr: bytes, provider: CredentialProvider, ref: ImageReference) -> str:
+    text = redaction.redact(stderr.decode("utf-8", "replace").strip(),
+                            also=_configured_values(provider))
+    text = _mask_opaque(text, (str(ref), ref.registry))
     if len(text) > _STDERR_LIMIT:
         text = "..." + text[-_STDERR_LIMIT:]
     return f"; stderr: {text}" if text else ""
+
+
+def _mask_opaque(text: str, keep: tuple[str, ...]) -> str:
+    """Long opaque runs masked, except the image reference and registry asked about
+    (long hosts such as ECR's are made of the same characters)."""
+    kept = re.compile("|".join(re.escape(k) for k in sorted(keep, key=len, reverse=True)))
+    parts = kept.split(text)
+    found = kept.findall(text)
+    masked = [_OPAQUE.sub(redaction.MASK, part) for part in parts]
+    return "".join(p + k for p, k in zip(masked, [*found, ""], strict=True))
+
+
+def _configured_values(provider: CredentialProvider) -> list[str]:
+    """What the provider's config hands the plugin that may be secret: env values and the
+    values of ``--flag=value`` args."""
+    args = [a.partition("=")[2] for a in provider.args if a.startswith("-") and "=" in a]
+    return [value for _, value in provider.env] + args
 
 
 def _cache_key(key_type: str, ref: ImageReference) -> str:
@@ -205,5 +235,5 @@ def _plugin_credential(key: str, value: Any, fail: Callable[[str], CredentialPro
     if (not isinstance(value, Mapping) or not isinstance(value.get("username", ""), str)
             or not isinstance(value.get("password", ""), str)):
         raise fail(f'response auth["{pattern}"] must be {{username, password}} strings')
-    return pattern, AuthConfig(username=value.get("username", ""),
-                               password=value.get("password", ""))
+    return pattern, learned(AuthConfig(username=value.get("username", ""),
+                                       password=value.get("password", "")))

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from nodeagent import redaction
 from nodeagent.api.model_source import S3Location, parse_s3_url
 from nodeagent.models.checksums import MULTIPART_ETAG, Checksum, checksum_type
 from nodeagent.models.errors import ModelError, scrub
@@ -57,8 +58,19 @@ def make_client(max_connections: int, region: str | None = None,
         response_checksum_validation="when_required",
         request_checksum_calculation="when_required",
     )
-    return session.client("s3", endpoint_url=endpoint_url,
-                          region_name=session.region_name or "us-east-1", config=config)
+    client = session.client("s3", endpoint_url=endpoint_url,
+                            region_name=session.region_name or "us-east-1", config=config)
+    _learn_credentials(session)
+    return client
+
+
+def _learn_credentials(session: Any) -> None:
+    """The secret key and session token the client signs with, known to redaction
+    (already resolved by ``session.client``: no extra lookup)."""
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        redaction.register(frozen.secret_key, frozen.token)
 
 
 class S3Source:

@@ -8,9 +8,10 @@ bound there, so that difference is pull time.
 Auth follows the registry's 401 challenge: HTTP basic, or a Bearer token from the realm
 the registry names (basic credentials, an OAuth2 refresh token (identity token) or a
 registry token), cached per host and repository. Credentials with a ``server_address``
-only go to that host, as containerd's CRI does. Redirects (blob downloads are often sent
-to a storage service) are followed here so the Authorization header never reaches
-another host. Loopback is never proxied; other hosts honour HTTP(S)_PROXY/NO_PROXY.
+only go to that host, as containerd's CRI does. Every credential used and every token
+obtained is registered for redaction (``nodeagent.redaction``). Redirects (blob downloads
+are often sent to a storage service) are followed here so the Authorization header never
+reaches another host. Loopback is never proxied; other hosts honour HTTP(S)_PROXY/NO_PROXY.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from nodeagent import redaction
 from nodeagent.containerd.model import AuthConfig
 from nodeagent.registry.endpoints import LOOPBACK, Endpoint
 from nodeagent.registry.errors import RegistryError, status_error
@@ -37,6 +39,8 @@ CONNECT_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 60.0  # no byte for this long on an open response: the connection is dead
 _MAX_REDIRECTS = 5
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+# hosts.toml [header] entries whose name says they carry a credential.
+_SECRET_HEADER = re.compile(r"(?i)^(proxy-)?authorization$|^cookie$|[-_](token|key|secret)$")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class RegistrySession:
                    headers: Mapping[str, str] | None = None,
                    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET with auth and redirects; yields a 200/206 response to stream from."""
+        _learn_headers(endpoint.headers)
         base = {**dict(endpoint.headers), **dict(headers or {})}
         key = (endpoint.host, request.repository)
         response = await self._get(endpoint, url, request, base, self._authorization.get(key))
@@ -175,9 +180,11 @@ class RegistrySession:
             if auth is None or not (auth.username or auth.password):
                 raise status_error(request.subject, endpoint.host, 401, body,
                                    "the registry requires credentials and none were found")
+            redaction.register_login(auth.username, auth.password)
             return "Basic " + _basic(auth.username, auth.password)
         if scheme == "bearer" and "realm" in params:
             if auth is not None and auth.registry_token:
+                redaction.register(auth.registry_token)
                 return f"Bearer {auth.registry_token}"
             return "Bearer " + await self._token(endpoint, request, params, auth)
         raise status_error(request.subject, endpoint.host, 401, body,
@@ -192,6 +199,7 @@ class RegistrySession:
         query = {"scope": scope, **({"service": params["service"]} if "service" in params
                                    else {})}
         if auth is not None and auth.identity_token:
+            redaction.register(auth.identity_token)
             # OAuth2 refresh token (docker's identitytoken) is exchanged with a POST.
             form = urllib.parse.urlencode({**query, "grant_type": "refresh_token",
                                            "refresh_token": auth.identity_token,
@@ -202,6 +210,7 @@ class RegistrySession:
         else:
             headers = {}
             if auth is not None and (auth.username or auth.password):
+                redaction.register_login(auth.username, auth.password)
                 headers["Authorization"] = "Basic " + _basic(auth.username, auth.password)
             separator = "&" if "?" in realm else "?"
             url = realm + separator + urllib.parse.urlencode(query)
@@ -232,6 +241,7 @@ def _token_from(body: bytes, request: Request, realm_host: str) -> str:
     if not isinstance(token, str) or not token:
         raise RegistryError(f"{request.subject}: the token service at {realm_host} returned "
                             "no token", reason="auth")
+    redaction.register(token, answer.get("refresh_token"))
     return token
 
 
@@ -253,7 +263,16 @@ def _decoded(auth: AuthConfig | None) -> AuthConfig | None:
     except (ValueError, UnicodeDecodeError):
         raise RegistryError("registry credentials: the auth field is not base64 "
                             "user:password", reason="auth") from None
+    redaction.register(auth.auth)
+    redaction.register_login(user, password)
     return AuthConfig(username=user, password=password, server_address=auth.server_address)
+
+
+def _learn_headers(headers: tuple[tuple[str, str], ...]) -> None:
+    """Credentials configured as headers (hosts.toml), with and without their scheme."""
+    for name, value in headers:
+        if _SECRET_HEADER.search(name):
+            redaction.register(value, value.partition(" ")[2])
 
 
 def _basic(username: str, password: str) -> str:
