@@ -10,6 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from nodeagent.errors import NodeagentError
+
+
+class MetricsServerError(NodeagentError):
+    """The metrics port cannot be served (in use, not allowed, no such address)."""
+
 
 class HealthState:
     """Liveness and readiness, shared between the worker code and the HTTP thread.
@@ -99,7 +105,12 @@ def serve_registry(registry: CollectorRegistry, port: int, health: HealthState |
         def log_message(self, format: str, *args: object) -> None:
             """Silent: scrapes every few seconds would flood the log."""
 
-    httpd = ThreadingHTTPServer((host, port), Handler)
+    try:
+        httpd = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # EADDRINUSE, EACCES, EADDRNOTAVAIL, an unknown host name
+        reason = (exc.strerror or str(exc)).lower()
+        raise MetricsServerError(f"cannot serve metrics on {host} --metrics-port {port}: "
+                                 f"{reason}") from None
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()

@@ -160,14 +160,15 @@ def test_invalid_list_fails_before_anything_naming_file_set_field_and_value(tmp_
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--concurrency", "0"], "--concurrency must be between 1 and 128, got 0"),
-    (["--high-water", "150"], "--high-water must be a percentage above 0 and at most 100"),
+    (["--concurrency", "0"], "argument --concurrency: 0: must be within [1, 128]"),
+    (["--high-water", "150"], "argument --high-water: 150: must be within (0, 100]"),
+    (["--high-water", "nan"], "argument --high-water: nan: must be a finite number"),
     (["--cache-dir", "relative/dir"], "--cache-dir 'relative/dir': must be an absolute path"),
     (["--cache-dir", "/etc/models"], "refusing a system directory"),
     (["--hosts-dir", "/nonexistent"], "--hosts-dir /nonexistent: not a directory"),
-    (["--metrics-port", "70000"], "--metrics-port must be between 0 and 65535"),
+    (["--metrics-port", "70000"], "argument --metrics-port: 70000: not a TCP port"),
     (["--docker-config", "/nonexistent.json"],
-     "cannot read registry credentials /nonexistent.json: No such file"),
+     "registry credentials /nonexistent.json: cannot open: No such file"),
     (["--node-labels", "novalue"], "--node-labels: 'novalue' is not key=value"),
     (["--all-sets", "--node-labels", "a=b"], "--all-sets and --node-labels exclude"),
 ])
@@ -176,7 +177,8 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, message):
     cache = ["--cache-dir", str(tmp_path / "cache")] if "--cache-dir" not in args else []
     run = nodeagent("models", "prewarm", "-f", str(listed), *cache, *args)
     assert run.returncode in (1, 2), run.stderr  # 2: usage; 1: an unreadable file
-    [line] = [line for line in run.stderr.splitlines() if line.startswith("nodeagent: error")]
+    [line] = [line for line in run.stderr.splitlines()
+              if line.startswith(("nodeagent: error", "nodeagent models prewarm: error"))]
     assert message in line
     assert "Traceback" not in run.stderr and not (tmp_path / "cache").exists()
 

@@ -215,7 +215,8 @@ def test_bad_flags_are_usage_errors(tmp_path):
     hot = tmp_path / "hot.yaml"
     hot.write_text(hotlist_yaml("set", ["nginx:1"]))
     run = nodeagent("prewarm", "-f", str(hot), "--concurrency", "0")
-    assert run.returncode == 2 and "concurrency must be at least 1" in run.stderr
+    assert run.returncode == 2
+    assert "argument --concurrency: 0: must be within [1, 64]" in run.stderr
     run = nodeagent("prewarm", "-f", str(hot), "--credential-provider-bin-dir", str(tmp_path))
     assert run.returncode == 2
     assert "--credential-provider-bin-dir needs --credential-provider-config" in run.stderr

@@ -19,14 +19,32 @@ from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments
 from nodeagent.credentials.options import EKS_PROVIDER_CONFIG
 from nodeagent.errors import UsageError
+from nodeagent.inputs import Range, env_default, listen_port
 from nodeagent.prewarm.commands import add_engine_arguments, prewarm_options
 
 DEFAULT_TAINT = "nodeagent.io/not-ready:NoSchedule"
 DEFAULT_METRICS_PORT = 9464
+# Documented ranges of the agent's numeric flags (and of their environment variables).
+STARTUP_TAINT_TIMEOUT_RANGE = Range(float, 0, 86400)
+ROLLOUT_LIMIT_RANGE = Range(int, 0, 100000)  # 0: off
+LEASE_DURATION_RANGE = Range(int, 3, 3600)
+MODELS_RESYNC_RANGE = Range(float, 10, 86400)
+HEARTBEAT_RANGE = Range(float, 1, 86400)
+STATUS_MIN_INTERVAL_RANGE = Range(float, 0, 3600)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"NODEAGENT_{name}", default)
+
+
+def _env_number(name: str, default: str) -> str:
+    """A numeric flag's default: NODEAGENT_<name> if set, checked by the flag's type."""
+    return env_default(f"NODEAGENT_{name}", default)
+
+
+def metrics_port(text: str) -> int | None:
+    """--metrics-port: a port, 0 for any free port, or "off" (no metrics server)."""
+    return None if text.strip().lower() in ("off", "-1") else listen_port(text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,10 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="kubeconfig file (default: in-cluster service account, else "
                         "$KUBECONFIG)")
     p.add_argument("--server", default=_env("KUBE_SERVER"), help=argparse.SUPPRESS)
-    p.add_argument("--metrics-port", type=int,
-                   default=int(_env("METRICS_PORT", str(DEFAULT_METRICS_PORT)) or 0),
-                   help=f"port of /metrics, /healthz, /readyz (default {DEFAULT_METRICS_PORT};"
-                        " env NODEAGENT_METRICS_PORT)")
+    p.add_argument("--metrics-port", type=metrics_port, metavar="PORT",
+                   default=_env_number("METRICS_PORT", str(DEFAULT_METRICS_PORT)),
+                   help=f"port of /metrics, /healthz, /readyz, 1-65535 (0: any free port, "
+                        f"logged; off: none; default {DEFAULT_METRICS_PORT}; env "
+                        "NODEAGENT_METRICS_PORT)")
     p.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"),
                    help="address to serve metrics on (default 0.0.0.0)")
     _taint_args(p)
@@ -67,10 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "node carries the startup taint (env NODEAGENT_DISKS_SETUP=true)")
     p.add_argument("--disks-setup-args", default=_env("DISKS_SETUP_ARGS", ""), metavar="ARGS",
                    help="extra arguments for disks setup, shell-quoted")
-    p.add_argument("--heartbeat", type=float, default=600.0, metavar="S",
-                   help="re-patch an unchanged node condition every S seconds (default 600)")
-    p.add_argument("--status-min-interval", type=float, default=10.0, metavar="S",
-                   help="at most one condition patch per S seconds for count-only changes")
+    p.add_argument("--heartbeat", type=HEARTBEAT_RANGE, default=600.0, metavar="S",
+                   help=f"re-patch an unchanged node condition every S seconds, "
+                        f"{HEARTBEAT_RANGE} (default 600)")
+    p.add_argument("--status-min-interval", type=STATUS_MIN_INTERVAL_RANGE, default=10.0,
+                   metavar="S", help="at most one condition patch per S seconds for "
+                   f"count-only changes, {STATUS_MIN_INTERVAL_RANGE} (default 10)")
     add_address_argument(p)
     p.set_defaults(func=agent_handler)
 
@@ -80,22 +101,25 @@ def _taint_args(p: argparse.ArgumentParser) -> None:
                    metavar="KEY[=VALUE][:EFFECT]",
                    help=f"taint to remove once storage and required images are ready "
                         f"(default {DEFAULT_TAINT}; empty disables)")
-    p.add_argument("--startup-taint-timeout", type=float,
-                   default=float(_env("STARTUP_TAINT_TIMEOUT", "900") or 900), metavar="S",
-                   help="remove the startup taint after S seconds anyway, saying why "
-                        "(default 900)")
+    p.add_argument("--startup-taint-timeout", type=STARTUP_TAINT_TIMEOUT_RANGE,
+                   default=_env_number("STARTUP_TAINT_TIMEOUT", "900"), metavar="S",
+                   help="remove the startup taint after S seconds anyway, saying why, "
+                        f"{STARTUP_TAINT_TIMEOUT_RANGE} (default 900; env "
+                        "NODEAGENT_STARTUP_TAINT_TIMEOUT)")
 
 
 def _rollout_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rollout-limit", type=int, default=int(_env("ROLLOUT_LIMIT", "0") or 0),
-                   metavar="N", help="at most N nodes of the cluster pull the same image at "
-                   "once, coordinated with Leases (default 0: off)")
+    p.add_argument("--rollout-limit", type=ROLLOUT_LIMIT_RANGE,
+                   default=_env_number("ROLLOUT_LIMIT", "0"), metavar="N",
+                   help="at most N nodes of the cluster pull the same image at once, "
+                        f"coordinated with Leases, {ROLLOUT_LIMIT_RANGE} (default 0: off; env "
+                        "NODEAGENT_ROLLOUT_LIMIT)")
     p.add_argument("--lease-namespace",
                    default=_env("LEASE_NAMESPACE", os.environ.get("POD_NAMESPACE", "nodeagent")),
                    help="namespace of the rollout Leases (default: the pod's namespace)")
-    p.add_argument("--lease-duration", type=int, default=30, metavar="S",
-                   help="a pull slot whose holder did not renew for S seconds is free "
-                        "(default 30)")
+    p.add_argument("--lease-duration", type=LEASE_DURATION_RANGE, default=30, metavar="S",
+                   help="a pull slot whose holder did not renew for S seconds is free, "
+                        f"{LEASE_DURATION_RANGE} (default 30)")
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:
@@ -107,9 +131,10 @@ def _models_args(p: argparse.ArgumentParser) -> None:
                    help="the model cache (env NODEAGENT_MODEL_CACHE_DIR; default models/ on "
                         "the local-disk volume when disks setup made one, else "
                         "/var/lib/nodeagent/models)")
-    p.add_argument("--models-resync", type=float, default=_env("MODELS_RESYNC", "600"),
-                   metavar="S",
-                   help="re-check the model sources every S seconds (default 600)")
+    p.add_argument("--models-resync", type=MODELS_RESYNC_RANGE,
+                   default=_env_number("MODELS_RESYNC", "600"), metavar="S",
+                   help=f"re-check the model sources every S seconds, {MODELS_RESYNC_RANGE} "
+                        "(default 600; env NODEAGENT_MODELS_RESYNC)")
 
 
 def models_config(args: argparse.Namespace):  # -> ModelsConfig | None
@@ -120,9 +145,6 @@ def models_config(args: argparse.Namespace):  # -> ModelsConfig | None
         return None
     if args.model_cache_dir:
         validate_cache_dir(args.model_cache_dir, "--model-cache-dir")
-    if args.models_resync < 10:
-        raise UsageError(f"--models-resync must be at least 10 seconds, got "
-                         f"{args.models_resync:g}")
     return ModelsConfig(cache_dir=args.model_cache_dir or None, resync_s=args.models_resync)
 
 
@@ -134,11 +156,6 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
     if not args.node_name:
         raise UsageError("the agent needs its node's name: set NODE_NAME (downward API "
                          "fieldRef spec.nodeName) or pass --node-name")
-    if args.rollout_limit < 0:
-        raise UsageError(f"--rollout-limit must be 0 (off) or more, got {args.rollout_limit}")
-    if args.lease_duration < 3:
-        raise UsageError(f"--lease-duration must be at least 3 seconds, got "
-                         f"{args.lease_duration}")
     disks_setup = None
     if args.disks_setup:
         disks_args = shlex.split(args.disks_setup_args)
@@ -153,7 +170,7 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         kubeconfig=args.kubeconfig,
         kube_server=args.server,
         prewarm=prewarm,
-        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         startup_taint=TaintSpec.parse(args.startup_taint) if args.startup_taint else None,
         startup_taint_timeout_s=args.startup_taint_timeout,

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from nodeagent.credentials.commands import add_credential_arguments, credential_options
 from nodeagent.errors import UsageError
+from nodeagent.inputs import Range, listen_port
 from nodeagent.models.layout import CACHE_DIR_ENV
 from nodeagent.prewarm.commands import DEFAULT_HOSTS_DIR, parse_node_labels
-from nodeagent.prewarm.diskguard import HIGH_WATER_ENV
+from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, HIGH_WATER_RANGE
 
 if TYPE_CHECKING:
     from nodeagent.models.desired import ModelListFiles
 
-MAX_CONCURRENCY = 128
+CONCURRENCY_RANGE = Range(int, 1, 128)  # connections shared by all models
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,8 +83,9 @@ def _register_prewarm(actions: argparse._SubParsersAction) -> None:
     _cache_dir_argument(p)
     add_sync_arguments(p)
     add_credential_arguments(p)
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve Prometheus /metrics, /healthz and /readyz on PORT")
+    p.add_argument("--metrics-port", type=listen_port, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz on PORT, 1-65535 "
+                        "(0: any free port)")
     p.add_argument("--progress", choices=["auto", "live", "log"], default="auto",
                    help="live bars (default on a terminal) or JSON/text log lines")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -109,11 +111,12 @@ def _register_gc(actions: argparse._SubParsersAction) -> None:
 
 def add_sync_arguments(p: argparse.ArgumentParser) -> None:
     """The download knobs (`models prewarm`, `snapshot build --models-file`)."""
-    p.add_argument("--concurrency", type=int, default=None, metavar="N",
-                   help="connections shared by all models (default 16)")
-    p.add_argument("--high-water", type=float, default=None, metavar="PERCENT",
-                   help="never fill the cache filesystem past PERCENT; unlisted models are "
-                        f"evicted to stay below it (env {HIGH_WATER_ENV}; default 80)")
+    p.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=None, metavar="N",
+                   help=f"connections shared by all models, {CONCURRENCY_RANGE} (default 16)")
+    p.add_argument("--high-water", type=HIGH_WATER_RANGE, default=None, metavar="PERCENT",
+                   help=f"never fill the cache filesystem past PERCENT, in {HIGH_WATER_RANGE}; "
+                        "unlisted models are evicted to stay below it (env "
+                        f"{HIGH_WATER_ENV}; default 80)")
     p.add_argument("--no-evict", action="store_true",
                    help="never evict unlisted models to make room (fail instead)")
     p.add_argument("--hosts-dir", type=Path, metavar="DIR",
@@ -128,14 +131,11 @@ def sync_options(args: argparse.Namespace, cache_dir: str | None = None) -> Any:
     """The flags as SyncOptions, every value checked (the cache dir too)."""
     from nodeagent.models.layout import resolve_cache_dir
     from nodeagent.models.options import DEFAULT_CONCURRENCY, SyncOptions
+    from nodeagent.prewarm.diskguard import default_high_water_percent
 
     concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got "
-                         f"{concurrency}")
-    if args.high_water is not None and not 0 < args.high_water <= 100:
-        raise UsageError(f"--high-water must be a percentage above 0 and at most 100, got "
-                         f"{args.high_water:g}")
+    if args.high_water is None:
+        default_high_water_percent()  # a bad $NODEAGENT_HIGH_WATER fails now, by name
     hosts_dir = args.hosts_dir
     if hosts_dir is not None and not hosts_dir.is_dir():
         raise UsageError(f"--hosts-dir {hosts_dir}: not a directory")
@@ -158,22 +158,20 @@ def model_list_files(args: argparse.Namespace, all_sets: bool) -> ModelListFiles
     return ModelListFiles(tuple(args.files), parse_node_labels(args.node_labels), all_sets)
 
 
-def _listed(args: argparse.Namespace) -> set[str] | None:
-    """Names the lists keep: every selected set's models (conflicting names included)."""
+def _listed(args: argparse.Namespace, consequence: str) -> set[str] | None:
+    """Names the lists keep: every selected set's models (conflicting names included).
+    ``consequence``: what the command did not do when a list is invalid."""
     if not args.files:
         return None
-    from nodeagent.api.hotmodelset import load_hotmodelsets
+    from nodeagent.api.hotmodelset import ModelListError, load_hotmodelsets
 
     labels = parse_node_labels(args.node_labels)
-    sets = load_hotmodelsets(args.files)
+    try:
+        sets = load_hotmodelsets(args.files)
+    except ModelListError as exc:
+        raise exc.saying(consequence) from None
     return {m.name for s in sets if labels is None or s.node_selector.matches(labels)
             for m in s.models}
-
-
-def _metrics_port(port: int | None) -> int | None:
-    if port is not None and not 0 <= port <= 65535:
-        raise UsageError(f"--metrics-port must be between 0 and 65535, got {port}")
-    return port
 
 
 # ---------------------------------------------------------------------- handlers
@@ -186,7 +184,7 @@ def prewarm_handler(args: argparse.Namespace) -> int:
     if args.all_sets and args.node_labels is not None:
         raise UsageError("--all-sets and --node-labels exclude each other")
     run = ModelsRun(files=model_list_files(args, args.all_sets), sync=sync_options(args),
-                    watch=args.watch_file, metrics_port=_metrics_port(args.metrics_port),
+                    watch=args.watch_file, metrics_port=args.metrics_port,
                     live={"auto": None, "live": True, "log": False}[args.progress],
                     output=args.output)
     desired = load_desired_models(run.files)  # an invalid list fails before any download
@@ -197,7 +195,7 @@ def ls_handler(args: argparse.Namespace) -> int:
     from nodeagent.models.inventory import inventory, table
     from nodeagent.models.layout import CacheLayout, resolve_cache_dir
 
-    listed = _listed(args)
+    listed = _listed(args, "no model was listed")
     layout = CacheLayout(resolve_cache_dir(args.cache_dir))
     rows = inventory(layout, listed)
     if args.output == "json":
@@ -216,7 +214,7 @@ def gc_handler(args: argparse.Namespace) -> int:
                          "or --no-list to evict every cached model not in use")
     if args.files and args.no_list:
         raise UsageError("-f and --no-list exclude each other")
-    listed = _listed(args) or set()
+    listed = _listed(args, "nothing was evicted") or set()
     report = gc(listed, args.cache_dir, dry_run=args.dry_run)
     if args.output == "json":
         print(json.dumps(gc_json(report), indent=2))

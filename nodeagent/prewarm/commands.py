@@ -18,20 +18,27 @@ from typing import TYPE_CHECKING, Any
 from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments, credential_options
 from nodeagent.errors import UsageError
+from nodeagent.inputs import listen_port
 from nodeagent.prewarm.config import (
+    CONCURRENCY_RANGE,
     DEFAULT_CONCURRENCY,
     DEFAULT_FETCH_CHUNK_MIB,
     DEFAULT_FETCH_CONNECTIONS,
     DEFAULT_FETCH_CONNECTIONS_PER_BLOB,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STALL_TIMEOUT_S,
+    FETCH_CHUNK_MIB_RANGE,
+    FETCH_CONNECTIONS_PER_BLOB_RANGE,
+    FETCH_CONNECTIONS_RANGE,
+    MAX_RETRIES_RANGE,
     PULL_PATH_ENV,
     PULL_PATHS,
+    STALL_TIMEOUT_RANGE,
     EngineConfig,
     PrewarmOptions,
     default_pull_path,
 )
-from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, high_water_override
+from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, HIGH_WATER_RANGE, high_water_override
 
 if TYPE_CHECKING:
     from nodeagent.prewarm.desired import DesiredImage, HotListFiles
@@ -74,8 +81,9 @@ def _register_prewarm(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--remove-unlisted", action="store_true",
                    help="remove images nodeagent pulled or pinned that are no longer listed "
                         "(never touches any other image)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve Prometheus /metrics, /healthz and /readyz on PORT")
+    p.add_argument("--metrics-port", type=listen_port, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz on PORT, 1-65535 "
+                        "(0: any free port, logged)")
     p.add_argument("--progress", choices=["auto", "live", "log"], default="auto",
                    help="live bars (default on a terminal) or JSON/text log lines")
     add_address_argument(p)
@@ -105,18 +113,21 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, hosts_dir: str | None = 
 
     ``hosts_dir``: a default for --hosts-dir (the agent's comes from its environment).
     """
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"images pulled at once (default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S,
-                   metavar="S", help="cancel and retry a pull after S seconds without a new "
-                   f"byte; there is no overall timeout (default {DEFAULT_STALL_TIMEOUT_S:g})")
-    p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N",
-                   help=f"retries per image, with exponential backoff (default "
-                        f"{DEFAULT_MAX_RETRIES})")
-    p.add_argument("--high-water", type=float, default=None,
+    p.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=DEFAULT_CONCURRENCY,
+                   metavar="N", help=f"images pulled at once, {CONCURRENCY_RANGE} (default "
+                                     f"{DEFAULT_CONCURRENCY})")
+    p.add_argument("--stall-timeout", type=STALL_TIMEOUT_RANGE,
+                   default=DEFAULT_STALL_TIMEOUT_S, metavar="S",
+                   help=f"cancel and retry a pull after S seconds without a new byte, S in "
+                        f"{STALL_TIMEOUT_RANGE}; there is no overall timeout (default "
+                        f"{DEFAULT_STALL_TIMEOUT_S:g})")
+    p.add_argument("--max-retries", type=MAX_RETRIES_RANGE, default=DEFAULT_MAX_RETRIES,
+                   metavar="N", help=f"retries per image, with exponential backoff, "
+                                     f"{MAX_RETRIES_RANGE} (default {DEFAULT_MAX_RETRIES})")
+    p.add_argument("--high-water", type=HIGH_WATER_RANGE, default=None,
                    metavar="PERCENT", help="skip a pull that would fill the image filesystem "
-                   f"past PERCENT (env {HIGH_WATER_ENV}; default 80; kubelet image GC "
-                   "starts at 85; 100 disables the check)")
+                   f"past PERCENT, in {HIGH_WATER_RANGE} (env {HIGH_WATER_ENV}; default 80; "
+                   "kubelet image GC starts at 85; 100 disables the check)")
     p.add_argument("--hosts-dir", type=Path, default=hosts_dir, metavar="DIR",
                    help="containerd registry hosts.toml directory (registry mirrors), used to "
                         f"read manifests for progress (default {DEFAULT_HOSTS_DIR} when it "
@@ -127,16 +138,19 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, hosts_dir: str | None = 
                    help="auto: nodeagent's fast pull where the node allows it, else CRI "
                         "PullImage, per image; fast: only the fast pull; cri: only CRI "
                         f"(env {PULL_PATH_ENV}; default auto)")
-    p.add_argument("--fetch-chunk-mib", type=int, default=DEFAULT_FETCH_CHUNK_MIB, metavar="N",
-                   help="fast pull: size of each HTTP range request, 1-1024 MiB (default "
-                        f"{DEFAULT_FETCH_CHUNK_MIB})")
-    p.add_argument("--fetch-connections-per-blob", type=int,
+    p.add_argument("--fetch-chunk-mib", type=FETCH_CHUNK_MIB_RANGE,
+                   default=DEFAULT_FETCH_CHUNK_MIB, metavar="N",
+                   help=f"fast pull: size of each HTTP range request, {FETCH_CHUNK_MIB_RANGE} "
+                        f"MiB (default {DEFAULT_FETCH_CHUNK_MIB})")
+    p.add_argument("--fetch-connections-per-blob", type=FETCH_CONNECTIONS_PER_BLOB_RANGE,
                    default=DEFAULT_FETCH_CONNECTIONS_PER_BLOB, metavar="N",
-                   help="fast pull: range requests in flight for one blob, 1-64 (default "
+                   help="fast pull: range requests in flight for one blob, "
+                        f"{FETCH_CONNECTIONS_PER_BLOB_RANGE} (default "
                         f"{DEFAULT_FETCH_CONNECTIONS_PER_BLOB})")
-    p.add_argument("--fetch-connections", type=int, default=DEFAULT_FETCH_CONNECTIONS,
-                   metavar="N", help="fast pull: connections to registries for the whole "
-                   f"node, 1-256 (default {DEFAULT_FETCH_CONNECTIONS})")
+    p.add_argument("--fetch-connections", type=FETCH_CONNECTIONS_RANGE,
+                   default=DEFAULT_FETCH_CONNECTIONS, metavar="N",
+                   help=f"fast pull: connections to registries for the whole node, "
+                        f"{FETCH_CONNECTIONS_RANGE} (default {DEFAULT_FETCH_CONNECTIONS})")
 
 
 def prewarm_options(args: argparse.Namespace, *, provider_optional: bool = False,
@@ -205,10 +219,14 @@ def images_handler(args: argparse.Namespace) -> int:
 
     hot: list[DesiredImage] | None = None
     if args.files:
-        from nodeagent.api.hotimageset import load_hotimagesets
+        from nodeagent.api.hotimageset import HotListError, load_hotimagesets
         from nodeagent.prewarm.desired import select_for_node
 
-        hot = select_for_node(load_hotimagesets(args.files), None, all_sets=True)
+        try:
+            sets = load_hotimagesets(args.files)
+        except HotListError as exc:
+            raise exc.saying("no image was listed") from None
+        hot = select_for_node(sets, None, all_sets=True)
     rows = asyncio.run(list_images(args.containerd_address, hot))
     if args.output == "json":
         print(json.dumps(rows, indent=2))

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from nodeagent.credentials.options import CredentialOptions
 from nodeagent.errors import UsageError
-from nodeagent.prewarm.diskguard import DEFAULT_UNPACKED_RATIO, default_high_water_percent
+from nodeagent.inputs import Range
+from nodeagent.prewarm.diskguard import (
+    DEFAULT_UNPACKED_RATIO,
+    HIGH_WATER_RANGE,
+    default_high_water_percent,
+)
 
 
 def default_concurrency(cpus: int | None = None) -> int:
@@ -37,6 +42,14 @@ PULL_PATH_ENV = "NODEAGENT_PULL_PATH"
 DEFAULT_FETCH_CHUNK_MIB = 16
 DEFAULT_FETCH_CONNECTIONS_PER_BLOB = 8
 DEFAULT_FETCH_CONNECTIONS = 16
+
+# The documented range of each knob: the flags' argparse types and EngineConfig's checks.
+CONCURRENCY_RANGE = Range(int, 1, 64)
+STALL_TIMEOUT_RANGE = Range(float, 0, 86400, low_open=True)  # NaN would never stall
+MAX_RETRIES_RANGE = Range(int, 0, 100)
+FETCH_CHUNK_MIB_RANGE = Range(int, 1, 1024)
+FETCH_CONNECTIONS_PER_BLOB_RANGE = Range(int, 1, 64)
+FETCH_CONNECTIONS_RANGE = Range(int, 1, 256)
 
 
 def default_pull_path() -> str:
@@ -67,28 +80,19 @@ class EngineConfig:
     fetch_connections: int = DEFAULT_FETCH_CONNECTIONS  # all blobs of all images together
 
     def __post_init__(self) -> None:
-        self._check_pull()
-        if self.concurrency < 1:
-            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.stall_timeout_s <= 0:
-            raise UsageError(f"stall timeout must be positive, got {self.stall_timeout_s}")
-        if self.max_retries < 0:
-            raise UsageError(f"max retries must be 0 or more, got {self.max_retries}")
-        if not 0 < self.high_water_percent <= 100:
-            raise UsageError(
-                f"high-water mark must be a percentage in (0, 100], got {self.high_water_percent}"
-            )
-
-    def _check_pull(self) -> None:
         if self.pull_path not in PULL_PATHS:
             raise UsageError(f"pull path must be one of {', '.join(PULL_PATHS)} (--pull-path "
                              f"or {PULL_PATH_ENV}), got {self.pull_path!r}")
-        for name, value, low, high in (
-                ("fetch chunk size (MiB)", self.fetch_chunk_mib, 1, 1024),
-                ("fetch connections per blob", self.fetch_connections_per_blob, 1, 64),
-                ("fetch connections", self.fetch_connections, 1, 256)):
-            if not low <= value <= high:
-                raise UsageError(f"{name} must be between {low} and {high}, got {value}")
+        for what, value, allowed in (
+                ("concurrency", self.concurrency, CONCURRENCY_RANGE),
+                ("stall timeout (s)", self.stall_timeout_s, STALL_TIMEOUT_RANGE),
+                ("max retries", self.max_retries, MAX_RETRIES_RANGE),
+                ("high-water mark (%)", self.high_water_percent, HIGH_WATER_RANGE),
+                ("fetch chunk size (MiB)", self.fetch_chunk_mib, FETCH_CHUNK_MIB_RANGE),
+                ("fetch connections per blob", self.fetch_connections_per_blob,
+                 FETCH_CONNECTIONS_PER_BLOB_RANGE),
+                ("fetch connections", self.fetch_connections, FETCH_CONNECTIONS_RANGE)):
+            allowed.check(what, value)
 
 
 @dataclass(frozen=True)

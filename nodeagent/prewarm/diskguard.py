@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from nodeagent import metrics
 from nodeagent.console import fmt_bytes
 from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.inputs import Range
 
 if TYPE_CHECKING:
     from nodeagent.containerd.client import ContainerdClient, FsUsage
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_HIGH_WATER_PERCENT = 80.0
 HIGH_WATER_ENV = "NODEAGENT_HIGH_WATER"
+HIGH_WATER_RANGE = Range(float, 0, 100, low_open=True)  # percent; 100 disables the guard
 # Unpacked layers take about this many times their compressed size (gzip on typical image
 # content); containerd keeps the compressed blobs too, so an image needs
 # compressed * (1 + ratio) bytes.
@@ -39,9 +41,11 @@ def default_high_water_percent() -> float:
     if not text:
         return DEFAULT_HIGH_WATER_PERCENT
     try:
-        return float(text.rstrip("%"))
+        percent = float(text.rstrip("%"))
     except ValueError:
         raise UsageError(f"{HIGH_WATER_ENV}={text!r} is not a percentage (e.g. 80)") from None
+    HIGH_WATER_RANGE.check(HIGH_WATER_ENV, percent)  # nan would turn the guard off
+    return percent
 
 
 def high_water_override(flag: float | None) -> dict[str, float]:
