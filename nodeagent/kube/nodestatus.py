@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nodeagent import metrics
-from nodeagent.log import fields
+from nodeagent.log import fields, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def condition_body(condition_type: str, cond: Condition, transition_time: str,
         "type": condition_type,
         "status": cond.status,
         "reason": cond.reason,
-        "message": cond.message,
+        "message": redact_text(cond.message),  # what the API stores and kubectl shows
         "lastHeartbeatTime": heartbeat_time,
         "lastTransitionTime": transition_time,
     }
