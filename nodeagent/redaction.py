@@ -45,7 +45,7 @@ PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_prox
              "all_proxy")
 
 _lock = threading.Lock()
-_values: dict[str, None] = {}  # insertion order = age, oldest first
+_values: dict[str, set[str]] = {}  # value -> its encodings; insertion order = age
 # (forms masked anywhere, longest first; pattern for forms masked where they stand alone)
 _Matchers = tuple[tuple[str, ...], re.Pattern[str] | None]
 _matchers: _Matchers = ((), None)
@@ -59,15 +59,14 @@ def register(*values: str | None) -> None:
         for value in values:
             if not isinstance(value, str) or not value.strip():
                 continue
-            if value in _values:
-                del _values[value]  # re-learned: make it the newest
-            else:
-                added = True
-            _values[value] = None
+            forms = _values.pop(value, None)  # re-learned: make it the newest
+            if forms is None:
+                forms, added = _encodings(value), True
+            _values[value] = forms
         while len(_values) > MAX_VALUES:
             del _values[next(iter(_values))]
         if added:
-            _matchers = _build(_values)
+            _matchers = _build(set().union(*_values.values()))
 
 
 def register_login(username: str, password: str) -> None:
@@ -105,7 +104,8 @@ def redact(text: str, also: Iterable[str] = ()) -> str:
     anywhere, alone = _matchers
     extra = tuple(also)
     if extra:
-        more_anywhere, more_alone = _build(dict.fromkeys(extra))
+        more_anywhere, more_alone = _build(
+            set().union(*(_encodings(v) for v in extra if v.strip())))
         anywhere = tuple(sorted({*anywhere, *more_anywhere}, key=len, reverse=True))
         alone = _union(alone, more_alone)
     if not text or not (anywhere or alone):
@@ -135,8 +135,7 @@ def _mask(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
-def _build(values: Iterable[str]) -> _Matchers:
-    forms = {form for value in values if value.strip() for form in _encodings(value)}
+def _build(forms: set[str]) -> _Matchers:
     anywhere = tuple(sorted((f for f in forms if len(f) >= MIN_ANYWHERE), key=len,
                             reverse=True))
     short = sorted((f for f in forms if len(f) < MIN_ANYWHERE), key=len, reverse=True)
