@@ -319,3 +319,36 @@ async def test_seed_wave_zero_keeps_the_plain_limit_for_mirrored_images(api):
         rp.MIRRORED not in (r.body or {}).get("metadata", {}).get("annotations", {})
         for r in api.calls("create", "leases") if isinstance(r.body, dict))
 
+
+
+# -- the flag ----------------------------------------------------------------------------------
+
+
+def _agent_config(argv: list[str]):
+    from nodeagent.agent.commands import agent_config
+    from nodeagent.cli import build_parser
+
+    return agent_config(build_parser().parse_args(["agent", "--node-name", "n1", *argv]))
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--rollout-limit", "5"], None, None),  # the limiter's default: as many as the limit
+    (["--rollout-limit", "5", "--rollout-seed-nodes", "2"], "9", 2),  # the flag wins
+    (["--rollout-limit", "5"], "0", 0),
+])
+def test_seed_nodes_from_the_flag_or_the_environment(monkeypatch, argv, env, expected):
+    if env is not None:
+        monkeypatch.setenv("NODEAGENT_ROLLOUT_SEED_NODES", env)
+    assert _agent_config(argv).rollout_seed_nodes == expected
+
+
+@pytest.mark.parametrize(("argv", "env", "said"), [
+    (["--rollout-seed-nodes", "-1"], None, "--rollout-seed-nodes: -1: must be within"),
+    ([], "many", "NODEAGENT_ROLLOUT_SEED_NODES=many' is not a whole number"),
+])
+def test_a_bad_seed_count_is_refused_naming_it(monkeypatch, capsys, argv, env, said):
+    if env is not None:
+        monkeypatch.setenv("NODEAGENT_ROLLOUT_SEED_NODES", env)
+    with pytest.raises(SystemExit) as exited:
+        _agent_config(argv)
+    assert exited.value.code == 2 and said in capsys.readouterr().err

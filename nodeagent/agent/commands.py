@@ -27,6 +27,7 @@ DEFAULT_METRICS_PORT = 9464
 # Documented ranges of the agent's numeric flags (and of their environment variables).
 STARTUP_TAINT_TIMEOUT_RANGE = Range(float, 0, 86400)
 ROLLOUT_LIMIT_RANGE = Range(int, 0, 100000)  # 0: off
+ROLLOUT_SEED_NODES_RANGE = Range(int, 0, 100000)  # 0: no seed wave
 LEASE_DURATION_RANGE = Range(int, 3, 3600)
 MODELS_RESYNC_RANGE = Range(float, 10, 86400)
 HEARTBEAT_RANGE = Range(float, 1, 86400)
@@ -114,6 +115,13 @@ def _rollout_args(p: argparse.ArgumentParser) -> None:
                    help="at most N nodes of the cluster pull the same image at once, "
                         f"coordinated with Leases, {ROLLOUT_LIMIT_RANGE} (default 0: off; env "
                         "NODEAGENT_ROLLOUT_LIMIT)")
+    p.add_argument("--rollout-seed-nodes", type=ROLLOUT_SEED_NODES_RANGE, metavar="N",
+                   default=env_default("NODEAGENT_ROLLOUT_SEED_NODES", None),  # type: ignore
+                   help="images whose registry has a mirror in hosts.toml (Spegel, "
+                        "Dragonfly, a pull-through cache): the rollout limit holds back only "
+                        "the first N nodes; once they have the image the others pull at once "
+                        f"through the mirror, {ROLLOUT_SEED_NODES_RANGE} (default: as many as "
+                        "--rollout-limit; 0: the plain limit; env NODEAGENT_ROLLOUT_SEED_NODES)")
     p.add_argument("--lease-namespace",
                    default=_env("LEASE_NAMESPACE", os.environ.get("POD_NAMESPACE", "nodeagent")),
                    help="namespace of the rollout Leases (default: the pod's namespace)")
@@ -175,6 +183,7 @@ def agent_config(args: argparse.Namespace):  # -> AgentConfig (lazy import keeps
         startup_taint=TaintSpec.parse(args.startup_taint) if args.startup_taint else None,
         startup_taint_timeout_s=args.startup_taint_timeout,
         rollout_limit=args.rollout_limit,
+        rollout_seed_nodes=args.rollout_seed_nodes,
         lease_namespace=args.lease_namespace,
         lease_duration_s=args.lease_duration,
         disks_setup=disks_setup,
