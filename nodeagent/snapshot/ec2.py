@@ -8,57 +8,41 @@ AwsError naming the API action, the resource and what to do about it.
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ParamValidationError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
 
 from nodeagent import __version__
-from nodeagent.errors import NodeagentError, UsageError
-from nodeagent.snapshot import imds
+from nodeagent.errors import UsageError
+from nodeagent.inputs import check_number
+from nodeagent.log import fields
+from nodeagent.snapshot import aws_names, imds, limits
 from nodeagent.snapshot import tags as T
+from nodeagent.snapshot.aws_errors import (
+    NO_CREDENTIALS,
+    AwsError,
+    SnapshotFailed,
+    aws_call,
+    error_code,
+    is_transient,
+)
 from nodeagent.snapshot.retention import SnapshotInfo
 
-TRANSIENT_CODES = frozenset({
-    "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
-    "RequestThrottled", "RequestThrottledException", "SlowDown", "ServiceUnavailable",
-    "Unavailable", "InternalError", "InternalFailure", "InternalServerError",
-})
-PERMISSION_CODES = frozenset({
-    "UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure",
-    "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken",
-    "ExpiredTokenException", "SignatureDoesNotMatch",
-})
-POLICY_HINT = "see daemonset/examples/iam-policy-snapshot.json for the permissions needed"
-NO_CREDENTIALS = (
-    "no AWS credentials found (looked in the environment, ~/.aws, web identity/IRSA, "
-    "EKS Pod Identity and the instance profile); give the node or the pod an IAM role"
-)
+__all__ = ["AwsClients", "AwsError", "AwsOptions", "SnapshotFailed", "aws_call"]
 
+log = logging.getLogger(__name__)
 
-class AwsError(NodeagentError):
-    """An AWS call failed; the message names the action and the resource."""
-
-
-class SnapshotFailed(AwsError):
-    """EC2 reported the snapshot in state "error"."""
+# Where the region comes from, first found wins (botocore itself reads only
+# AWS_DEFAULT_REGION, then the config file; the AWS CLI v2 and SDKs also read AWS_REGION).
+REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @dataclass(frozen=True)
@@ -71,62 +55,27 @@ class AwsOptions:
     read_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise UsageError(f"--max-attempts must be at least 1 (got {self.max_attempts})")
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-def _client_error(exc: ClientError, action: str, subject: str) -> AwsError:
-    err = exc.response.get("Error", {})
-    code, message = err.get("Code", "Unknown"), err.get("Message", "")
-    where = f"{action} {subject}".strip()
-    if code in PERMISSION_CODES:
-        return AwsError(f"{where}: not permitted ({code}: {message}); {POLICY_HINT}")
-    if code in TRANSIENT_CODES:
-        attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
-        return AwsError(
-            f"{where}: AWS still answered {code} after {attempts} attempts; "
-            "try again later or raise the account's API rate limits"
-        )
-    return AwsError(f"{where}: {code}: {message}")
-
-
-@contextlib.contextmanager
-def aws_call(action: str, subject: str = "") -> Iterator[None]:
-    """Translate botocore exceptions raised inside into AwsError."""
-    where = f"{action} {subject}".strip()
-    try:
-        yield
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise AwsError(f"{where}: {NO_CREDENTIALS}") from exc
-    except ClientError as exc:
-        raise _client_error(exc, action, subject) from exc
-    except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError,
-            ReadTimeoutError) as exc:
-        raise AwsError(
-            f"{where}: cannot reach AWS ({exc}); check the node's network, VPC endpoints "
-            "or --endpoint-url"
-        ) from exc
-    except ParamValidationError as exc:
-        raise AwsError(f"{where}: invalid request: {exc}") from exc
-    except BotoCoreError as exc:
-        raise AwsError(f"{where}: {exc}") from exc
-
-
-def _error_code(exc: Exception) -> str | None:
-    return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-
-
-def is_transient(exc: Exception) -> bool:
-    if isinstance(exc, ClientError):
-        return _error_code(exc) in TRANSIENT_CODES
-    return isinstance(exc, EndpointConnectionError | ConnectTimeoutError
-                      | ConnectionClosedError | ReadTimeoutError)
+        check_number("--max-attempts", self.max_attempts, *limits.MAX_ATTEMPTS)
 
 
 # ---------------------------------------------------------------------------- clients
+
+
+def resolve_region(flag: str | None, session: boto3.session.Session) -> str:
+    """--region, else AWS_REGION, else AWS_DEFAULT_REGION, else the AWS config file (the
+    session's profile), else instance metadata; a name that is not a region is refused,
+    naming where it came from."""
+    found = [("--region", flag), *((env, os.environ.get(env)) for env in REGION_ENV),
+             ("the AWS config file", session.region_name)]
+    source, region = next(((s, r) for s, r in found if r), ("instance metadata", None))
+    region = region or imds.region()
+    if not region:
+        raise AwsError("no AWS region: pass --region or set AWS_REGION (not in the "
+                       "environment, the AWS config file or instance metadata)")
+    problem = aws_names.region_problem(region)
+    if problem:
+        raise UsageError(f"region {region!r} (from {source}): {problem}")
+    return region
 
 
 class AwsClients:
@@ -134,11 +83,8 @@ class AwsClients:
 
     def __init__(self, options: AwsOptions) -> None:
         self.options = options
-        self.session = boto3.session.Session(region_name=options.region)
-        region = self.session.region_name or imds.region()
-        if not region:
-            raise AwsError("no AWS region: pass --region or set AWS_REGION")
-        self.region = region
+        self.region = resolve_region(options.region, boto3.session.Session())
+        self.session = boto3.session.Session(region_name=self.region)
         self._clients: dict[tuple[str, int, float | None], Any] = {}
 
     def check_credentials(self) -> None:
@@ -157,6 +103,12 @@ class AwsClients:
         attempts = max_attempts or self.options.max_attempts
         key = (service, attempts, timeout_s)
         if key not in self._clients:
+            self._clients[key] = self._make_client(service, attempts, timeout_s)
+        return self._clients[key]
+
+    def _make_client(self, service: str, attempts: int, timeout_s: float | None) -> Any:
+        # An endpoint URL from the environment (AWS_ENDPOINT_URL_EC2) is only checked here.
+        with aws_call(f"creating the {service} client"):
             config = Config(
                 region_name=self.region,
                 # total_max_attempts counts the first try (plain max_attempts does not)
@@ -165,10 +117,8 @@ class AwsClients:
                 read_timeout=timeout_s or self.options.read_timeout_s,
                 user_agent_extra=f"nodeagent/{__version__}",
             )
-            self._clients[key] = self.session.client(
-                service, config=config, endpoint_url=self.options.endpoint_url
-            )
-        return self._clients[key]
+            return self.session.client(service, config=config,
+                                       endpoint_url=self.options.endpoint_url)
 
     @property
     def ec2(self) -> Any:
@@ -191,13 +141,13 @@ def find_attached_volume(ec2: Any, instance_id: str, kernel_name: str) -> str:
             {"Name": "attachment.instance-id", "Values": [instance_id]},
             {"Name": "attachment.device", "Values": names},
         ])
-    volumes = resp.get("Volumes", [])
+        volumes = [str(v["VolumeId"]) for v in resp.get("Volumes", [])]
     if len(volumes) != 1:
         raise AwsError(
             f"/dev/{kernel_name}: found {len(volumes)} EBS volumes attached to {instance_id} "
             f"as {' or '.join(names)}; expected exactly one"
         )
-    return str(volumes[0]["VolumeId"])
+    return volumes[0]
 
 
 # ---------------------------------------------------------------------------- snapshots
@@ -211,7 +161,7 @@ def create_snapshot(ec2: Any, volume_id: str, description: str,
             VolumeId=volume_id, Description=description[:255],
             TagSpecifications=[{"ResourceType": "snapshot", "Tags": list(tags)}],
         )
-    return str(resp["SnapshotId"])
+        return str(resp["SnapshotId"])
 
 
 def snapshots_with_request_id(ec2: Any, request_id: str) -> list[str]:
@@ -221,7 +171,7 @@ def snapshots_with_request_id(ec2: Any, request_id: str) -> list[str]:
             OwnerIds=["self"],
             Filters=[{"Name": f"tag:{T.REQUEST_ID}", "Values": [request_id]}],
         )
-    return sorted(s["SnapshotId"] for s in resp.get("Snapshots", []))
+        return sorted(s["SnapshotId"] for s in resp.get("Snapshots", []))
 
 
 def _describe_one(ec2: Any, snapshot_id: str) -> dict[str, Any] | None:
@@ -250,7 +200,7 @@ def wait_for_snapshot(
         try:
             snap = _describe_one(ec2, snapshot_id)
         except Exception as exc:
-            if not (is_transient(exc) or _error_code(exc) == "InvalidSnapshot.NotFound"):
+            if not (is_transient(exc) or error_code(exc) == "InvalidSnapshot.NotFound"):
                 with aws_call("DescribeSnapshots", snapshot_id):
                     raise
             failures += 1
@@ -280,21 +230,43 @@ def wait_for_snapshot(
         sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
 
 
-def enable_fast_snapshot_restore(ec2: Any, snapshot_id: str, zones: Sequence[str]) -> None:
+def availability_zones(ec2: Any) -> list[aws_names.Zone]:
+    """Every zone of the region (AZs, Local and Wavelength Zones, opted in or not)."""
+    with aws_call("DescribeAvailabilityZones"):
+        resp = ec2.describe_availability_zones(AllAvailabilityZones=True)
+        return [aws_names.Zone(name=z["ZoneName"], zone_id=z.get("ZoneId", ""),
+                               state=z.get("State", "available"),
+                               opt_in=z.get("OptInStatus", ""))
+                for z in resp.get("AvailabilityZones", [])]
+
+
+def check_zones(ec2: Any, region: str, zones: Sequence[str]) -> tuple[str, ...]:
+    """The names of the given zone names or IDs; a UsageError naming every zone the
+    region does not have (asked before anything is frozen or created)."""
+    names, problems = aws_names.match_zones(zones, region, availability_zones(ec2))
+    if problems:
+        raise UsageError("--fast-restore-az: " + "; ".join(problems))
+    return names
+
+
+def enable_fast_snapshot_restore(ec2: Any, snapshot_id: str, zones: Sequence[str]
+                                 ) -> tuple[tuple[str, ...], list[str]]:
+    """EnableFastSnapshotRestores: (zones EC2 confirmed, one problem per other zone)."""
     with aws_call("EnableFastSnapshotRestores", f"for {snapshot_id} in {','.join(zones)}"):
         resp = ec2.enable_fast_snapshot_restores(
             AvailabilityZones=list(zones), SourceSnapshotIds=[snapshot_id]
         )
-    problems = [
-        f"{item.get('AvailabilityZone', '?')}: {item.get('Error', {}).get('Code', '?')}: "
-        f"{item.get('Error', {}).get('Message', '')}"
-        for failed in resp.get("Unsuccessful", [])
-        for item in failed.get("FastSnapshotRestoreStateErrors", [])
-    ]
-    if problems:
-        raise AwsError(
-            f"EnableFastSnapshotRestores for {snapshot_id} failed in " + "; ".join(problems)
-        )
+        confirmed = {item["AvailabilityZone"] for item in resp.get("Successful", [])}
+        failed = {
+            item.get("AvailabilityZone", "?"): f"{item.get('Error', {}).get('Code', '?')}: "
+                                               f"{item.get('Error', {}).get('Message', '')}"
+            for entry in resp.get("Unsuccessful", [])
+            for item in entry.get("FastSnapshotRestoreStateErrors", [])
+        }
+    problems = [f"{zone}: {failed.get(zone, 'not confirmed in the answer')}"
+                for zone in zones if zone not in confirmed]
+    problems += [f"{zone}: {why}" for zone, why in failed.items() if zone not in zones]
+    return tuple(z for z in zones if z in confirmed), problems
 
 
 def publish_parameter(ssm: Any, name: str, snapshot_id: str) -> None:
@@ -341,11 +313,11 @@ def launch_template_references(ec2: Any) -> dict[str, list[str]]:
     refs: dict[str, list[str]] = {}
     with aws_call("DescribeLaunchTemplates"):
         templates = [
-            t for page in ec2.get_paginator("describe_launch_templates").paginate()
+            (t["LaunchTemplateId"], t.get("LaunchTemplateName", ""))
+            for page in ec2.get_paginator("describe_launch_templates").paginate()
             for t in page.get("LaunchTemplates", [])
         ]
-    for template in templates:
-        lt_id, name = template["LaunchTemplateId"], template.get("LaunchTemplateName", "")
+    for lt_id, name in templates:
         with aws_call("DescribeLaunchTemplateVersions", f"{name} ({lt_id})"):
             versions = ec2.describe_launch_template_versions(
                 LaunchTemplateId=lt_id, Versions=["$Latest", "$Default"]
@@ -362,12 +334,17 @@ def launch_template_references(ec2: Any) -> dict[str, list[str]]:
 def parameter_references(ssm: Any, names: Sequence[str]) -> dict[str, list[str]]:
     """Snapshot ids held by the given SSM parameters (missing parameters name nothing)."""
     refs: dict[str, list[str]] = {}
+    missing: list[str] = []
     for start in range(0, len(names), 10):  # GetParameters takes at most 10 names
         batch = list(names[start:start + 10])
         with aws_call("GetParameters", ",".join(batch)):
             resp = ssm.get_parameters(Names=batch)
-        for param in resp.get("Parameters", []):
-            refs.setdefault(param["Value"].strip(), []).append(
-                f"SSM parameter {param['Name']}"
-            )
+            for param in resp.get("Parameters", []):
+                refs.setdefault(param["Value"].strip(), []).append(
+                    f"SSM parameter {param['Name']}"
+                )
+            missing.extend(resp.get("InvalidParameters", []))
+    if missing:  # a typo protects nothing: say so
+        log.warning("SSM parameters not found: they protect no snapshot",
+                    extra=fields(parameters=missing))
     return refs
