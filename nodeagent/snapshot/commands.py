@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments
 from nodeagent.errors import UsageError
+from nodeagent.inputs import number, system_tree
 from nodeagent.prewarm.commands import add_engine_arguments, hotlist_files, prewarm_options
+from nodeagent.snapshot import aws_names, limits
 from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT
 from nodeagent.snapshot.hydrate_read import parse_rate
 
@@ -60,44 +62,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_aws_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("AWS")
-    g.add_argument("--region", help="AWS region (default: AWS_REGION, config, instance "
-                                    "metadata)")
-    g.add_argument("--endpoint-url", metavar="URL",
+    g.add_argument("--region", type=aws_names.region,
+                   help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the AWS config "
+                        "file, instance metadata)")
+    g.add_argument("--endpoint-url", metavar="URL", type=aws_names.endpoint_url,
                    help="EC2/SSM endpoint (VPC endpoints, tests); AWS_ENDPOINT_URL_EC2 / "
                         "_SSM also work")
-    g.add_argument("--max-attempts", type=int, default=10, metavar="N",
-                   help="attempts per AWS call, throttling included (adaptive retry mode; "
-                        "default 10)")
+    g.add_argument("--max-attempts", type=number(int, *limits.MAX_ATTEMPTS), default=10,
+                   metavar="N", help="attempts per AWS call, throttling included (adaptive "
+                                     "retry mode; 1-50, default 10)")
 
 
 def _add_create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--containerd-root", default=DEFAULT_ROOT, metavar="DIR",
                    help=f"containerd's root directory, on the volume to snapshot (default "
                         f"{DEFAULT_ROOT}; Bottlerocket: also {DEFAULT_ROOT}, on /dev/xvdb)")
-    p.add_argument("--volume-id", metavar="VOL",
+    p.add_argument("--volume-id", metavar="VOL", type=aws_names.volume_id,
                    help="snapshot this EBS volume instead of discovering it from the root's "
                         "block device (the root's filesystem is still frozen)")
-    p.add_argument("--instance-id", metavar="ID",
+    p.add_argument("--instance-id", metavar="ID", type=aws_names.instance_id,
                    help="this instance (default: instance metadata); tags, Xen xvd* lookup")
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+                   type=aws_names.tag_value,
                    help="source node recorded in the tags (default: $NODE_NAME or hostname)")
-    p.add_argument("--name", default="", help="Name tag of the snapshot")
-    p.add_argument("--ssm-parameter", metavar="NAME",
+    p.add_argument("--name", default="", type=aws_names.tag_value,
+                   help="Name tag of the snapshot (at most 256 characters)")
+    p.add_argument("--ssm-parameter", metavar="NAME", type=aws_names.ssm_parameter,
                    help="publish the completed snapshot id to this SSM parameter (String)")
     p.add_argument("--fast-restore-az", action="append", default=[], metavar="AZ",
-                   help="enable Fast Snapshot Restore in AZ (repeatable or comma-separated; "
-                        "billed per AZ-hour)")
+                   type=aws_names.zones,
+                   help="enable Fast Snapshot Restore in AZ, a zone name (us-east-1a) or ID "
+                        "(use1-az1), checked against the region's zones before anything is "
+                        "created (repeatable or comma-separated; billed per AZ-hour)")
     p.add_argument("--no-wait", action="store_true",
                    help="return once EC2 has the point in time (state pending)")
-    p.add_argument("--timeout", type=float, default=4 * 3600, metavar="S",
-                   help="give up waiting for completion after S seconds (default 14400)")
-    p.add_argument("--poll-interval", type=float, default=15.0, metavar="S",
-                   help="seconds between progress checks (default 15)")
+    p.add_argument("--timeout", type=number(float, *limits.TIMEOUT_S, low_open=True),
+                   default=4 * 3600, metavar="S",
+                   help="give up waiting for completion after S seconds (0 < S <= 604800, "
+                        "7 days; default 14400)")
+    p.add_argument("--poll-interval", type=number(float, *limits.POLL_S), default=15.0,
+                   metavar="S", help="seconds between progress checks (0.01-3600, default 15)")
     p.add_argument("--no-freeze", action="store_true",
                    help="do not freeze the filesystem: the snapshot is only crash-consistent")
-    p.add_argument("--max-freeze-seconds", type=float, default=30.0, metavar="S",
+    p.add_argument("--max-freeze-seconds", default=30.0, metavar="S",
+                   type=number(float, *limits.MAX_FREEZE_S, low_open=True),
                    help="a watchdog thaws the filesystem after S seconds whatever happens "
-                        "(default 30)")
+                        "(0 < S <= 300, default 30)")
     p.add_argument("--kubelet-dir", default=DEFAULT_KUBELET_DIR, metavar="DIR",
                    help=f"kubelet's state directory (default {DEFAULT_KUBELET_DIR})")
     p.add_argument("--allow-kubelet-state", action="store_true",
@@ -166,9 +176,11 @@ def _register_prune(actions: argparse._SubParsersAction) -> None:
                     "given SSM parameter names; pending snapshots are kept; older and failed "
                     "ones are deleted. Shows the plan and deletes nothing unless --yes.",
     )
-    p.add_argument("--keep", type=int, default=DEFAULT_KEEP, metavar="N",
-                   help=f"completed snapshots kept per hot-list digest (default {DEFAULT_KEEP})")
+    p.add_argument("--keep", type=number(int, *limits.KEEP), default=DEFAULT_KEEP,
+                   metavar="N", help=f"completed snapshots kept per hot-list digest (1-1000, "
+                                     f"default {DEFAULT_KEEP})")
     p.add_argument("--ssm-parameter", action="append", default=[], metavar="NAME",
+                   type=aws_names.ssm_parameter,
                    help="SSM parameter whose snapshot must be kept (repeatable)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--yes", action="store_true", help="really delete")
@@ -200,9 +212,10 @@ def _register_hydrate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host-root", default="", metavar="DIR",
                    help="where the host's / is mounted, when running in a container")
     p.add_argument("--rate", default="", metavar="RATE",
-                   help="read at most RATE bytes/s, e.g. 200MiB (default: unlimited)")
-    p.add_argument("--workers", type=int, default=4, metavar="N",
-                   help="files read in parallel (default 4)")
+                   help="read at most RATE bytes/s, e.g. 200MiB, from 64KiB to 1TiB "
+                        "(default: unlimited)")
+    p.add_argument("--workers", type=number(int, *limits.WORKERS), default=4, metavar="N",
+                   help="files read in parallel (1-64, default 4)")
     p.add_argument("--full-device", nargs="?", const="auto", default=None, metavar="DEVICE",
                    help="afterwards read the whole block device sequentially (default: the "
                         "device mounted at the containerd root)")
@@ -225,7 +238,11 @@ def aws_options(args: argparse.Namespace) -> AwsOptions:
 def create_options(args: argparse.Namespace) -> CreateOptions:
     from nodeagent.snapshot.create import CreateOptions
 
-    zones = tuple(z.strip() for v in args.fast_restore_az for z in v.split(",") if z.strip())
+    zones = tuple(dict.fromkeys(z for given in args.fast_restore_az for z in given))
+    refused = system_tree(os.path.abspath(args.containerd_root))
+    if refused:  # the filesystem there would be frozen and snapshotted
+        raise UsageError(f"--containerd-root {args.containerd_root}: inside the system tree "
+                         f"{refused}, not a containerd data volume")
     return CreateOptions(
         node_name=args.node_name, containerd_root=args.containerd_root,
         volume_id=args.volume_id, instance_id=args.instance_id, name=args.name,
@@ -255,6 +272,7 @@ def build_handler(args: argparse.Namespace) -> int:
     from nodeagent.credentials.options import build_keyring
     from nodeagent.prewarm.desired import load_desired
     from nodeagent.snapshot.build import prewarm_and_verify, sync_models_and_verify
+    from nodeagent.snapshot.create import preflight
 
     options = create_options(args)
     prewarm = prewarm_options(args)
@@ -264,6 +282,7 @@ def build_handler(args: argparse.Namespace) -> int:
     models = _build_models(args, prewarm) if args.models_files else None
     if models is None and args.model_cache_dir:
         raise UsageError("--model-cache-dir needs --models-file (the models to put in it)")
+    preflight(options)  # before the prewarm: a typo must not cost a whole build
     keyring = build_keyring(prewarm.credentials)
     version, images = asyncio.run(prewarm_and_verify(args.containerd_address, prewarm.engine,
                                                      desired, keyring))
@@ -306,7 +325,9 @@ def _create(options: CreateOptions, images: list[str], version: str, output: str
     finally:
         progress.close()
     print_create(result, meta, output)
-    return 0
+    if result.complete:
+        return 0
+    return 130 if result.interrupted else 1
 
 
 def list_handler(args: argparse.Namespace) -> int:
@@ -336,6 +357,7 @@ def prune_handler(args: argparse.Namespace) -> int:
 def hydrate_handler(args: argparse.Namespace) -> int:
     from nodeagent.snapshot.hydrate import (
         HydrateOptions,
+        check_block_device,
         device_of_root,
         images_to_hydrate,
         run_hydrate,
@@ -343,15 +365,15 @@ def hydrate_handler(args: argparse.Namespace) -> int:
     from nodeagent.snapshot.output import print_hydrate
 
     rate = parse_rate(args.rate)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    device = args.full_device
+    if device not in (None, "auto"):
+        check_block_device(device, "--full-device")
     desired: list[DesiredImage] = []
     if args.files:
         from nodeagent.prewarm.desired import load_desired
 
         desired = load_desired(hotlist_files(args, all_sets=args.node_labels is None))
     images = images_to_hydrate(args.images, desired)
-    device = args.full_device
     if device == "auto":
         device = device_of_root(args.containerd_root, args.host_root)
     options = HydrateOptions(containerd_root=args.containerd_root, host_root=args.host_root,

@@ -19,7 +19,7 @@ from typing import Any
 from nodeagent.errors import UsageError
 from nodeagent.snapshot import imds, workflow
 from nodeagent.snapshot import tags as T
-from nodeagent.snapshot.ec2 import AwsClients, AwsOptions, find_attached_volume
+from nodeagent.snapshot.ec2 import AwsClients, AwsOptions, check_zones, find_attached_volume
 from nodeagent.snapshot.hydrate_plan import CONTAINERD_ROOT
 from nodeagent.snapshot.volume import (
     check_not_root_filesystem,
@@ -87,12 +87,30 @@ def resolve_volume_id(options: CreateOptions, aws: AwsClients) -> str:
     return find_attached_volume(aws.ec2, instance, target.device.name)
 
 
-def create_snapshot(options: CreateOptions, images: list[str], containerd_version: str,
-                    on_progress: Callable[[str, str, str], None], models: Sequence[str] = ()
-                    ) -> tuple[workflow.CreateResult, T.SnapshotMetadata]:
+def preflight(options: CreateOptions) -> None:
+    """What `snapshot build` checks before its prewarm, which is long and changes the node:
+    the volume, the flags, the region, credentials and the fast-restore zones (create
+    checks them all again before it freezes anything)."""
+    _check_volume(options)
+    aws = AwsClients(options.aws)
+    aws.check_credentials()
+    if options.fsr_zones:
+        check_zones(aws.ec2, aws.region, options.fsr_zones)
+
+
+def _check_volume(options: CreateOptions) -> None:
     check_not_root_filesystem(options.containerd_root, options.allow_root_filesystem)
     check_volume_contents(options.containerd_root, options.kubelet_dir,
                           options.allow_kubelet_state)
+    workflow.check_wait(options.wait, options.ssm_parameter, options.fsr_zones)
+
+
+def create_snapshot(options: CreateOptions, images: list[str], containerd_version: str,
+                    on_progress: Callable[[str, str, str], None], models: Sequence[str] = ()
+                    ) -> tuple[workflow.CreateResult, T.SnapshotMetadata]:
+    """The snapshot and what was done after it (see workflow.create: raises only while no
+    snapshot exists)."""
+    _check_volume(options)
     aws = AwsClients(options.aws)
     volume_id = resolve_volume_id(options, aws)
     meta = T.SnapshotMetadata(

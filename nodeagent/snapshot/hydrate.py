@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -32,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodeagent.errors import UsageError
+from nodeagent.inputs import number_problem
 from nodeagent.log import fields
+from nodeagent.snapshot import limits
 from nodeagent.snapshot.hydrate_plan import (
     CONTAINERD_ROOT,
     METADATA_FILES,
@@ -94,8 +98,9 @@ async def hydrate(
     if not os.path.exists(os.path.join(root, METADATA_FILES[0])):
         raise HydrateError(f"{root} is not containerd's root (no {METADATA_FILES[0]}): "
                            "pass the root from containerd's config.toml")
-    if options.workers < 1:
-        raise HydrateError(f"workers must be at least 1 (got {options.workers})")
+    problem = number_problem(options.workers, *limits.WORKERS)
+    if problem:
+        raise HydrateError(f"workers {options.workers}: {problem}")
     progress = progress or HydrateProgress()
     stop = stop or threading.Event()
     limiter = TokenBucket(options.rate_bps) if options.rate_bps else None
@@ -121,6 +126,17 @@ async def hydrate(
         raise
     report.complete = not stop.is_set()
     return report
+
+
+def check_block_device(path: str, what: str = "device") -> None:
+    """Refuse what is not a block device before reading it end to end: a character
+    device (/dev/zero) never ends, opening a FIFO blocks, a directory cannot be read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    if not stat.S_ISBLK(mode):
+        raise UsageError(f"{what} {path}: not a block device")
 
 
 def _device_size(path: str) -> int:

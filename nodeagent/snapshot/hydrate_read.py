@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import mmap
 import os
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.snapshot import limits
 
 CHUNK = 1 << 20  # 1 MiB: large sequential reads, which EBS serves best
 
@@ -37,11 +39,13 @@ class ReadItem:
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
 
 
 def parse_rate(text: str, what: str = "--rate") -> float | None:
-    """"200MiB", "150M", "1.5GiB/s", "1048576" -> bytes/s; "" -> None (unlimited)."""
+    """"200MiB", "150M", "1.5GiB/s", "1048576" -> bytes/s; "" -> None (unlimited).
+    Within limits.RATE_BPS (64 KiB/s to 1 TiB/s): "1e999" (infinite) is refused too."""
     raw = text.strip().lower().removesuffix("/s")
     if not raw:
         return None
@@ -51,9 +55,10 @@ def parse_rate(text: str, what: str = "--rate") -> float | None:
         value = float(number) * _UNITS[unit]
     except (ValueError, KeyError):
         raise UsageError(f"{what} {text!r}: expected a number with an optional unit "
-                         "(K, M, G, KiB, MiB, GiB), e.g. 200MiB") from None
-    if value <= 0:
-        raise UsageError(f"{what} {text!r}: must be positive")
+                         "(K, M, G, T, KiB, MiB, GiB, TiB), e.g. 200MiB") from None
+    low, high = limits.RATE_BPS
+    if not math.isfinite(value) or not low <= value <= high:
+        raise UsageError(f"{what} {text!r}: must be within 64KiB and 1TiB per second")
     return value
 
 

@@ -53,18 +53,33 @@ class WaitProgress:
 
 
 def print_create(result: CreateResult, meta: T.SnapshotMetadata, output: str) -> None:
+    """The snapshot id (stdout), and, when not everything asked was done, what was and
+    was not, each failed step with its error (stderr; in the document with -o json)."""
     if output == "json":
         print(json.dumps({
             "snapshotId": result.snapshot_id, "state": result.state,
-            "consistency": result.consistency,
+            "consistency": result.consistency, "complete": result.complete,
             "freezeSeconds": result.freeze_seconds, "waitSeconds": round(result.wait_seconds, 1),
             "hotlistDigest": meta.hotlist_digest, "images": list(meta.images),
             "models": list(meta.models),
             "fastRestoreZones": list(result.fsr_zones), "ssmParameter": result.ssm_parameter,
             "duplicates": result.duplicates,
+            "steps": [{"step": s.name, "status": s.status, "detail": s.detail}
+                      for s in result.steps],
+            "errors": [s.detail for s in result.steps if s.status == "failed"],
         }, indent=2))
-        return
-    print(result.snapshot_id)
+    else:
+        print(result.snapshot_id)
+    if not result.complete:
+        print(create_report(result), file=sys.stderr)
+
+
+def create_report(result: CreateResult) -> str:
+    lines = [f"nodeagent: error: snapshot {result.snapshot_id} exists (state {result.state}, "
+             f"{result.consistency}-consistent) but not everything asked was done:"]
+    lines += [f"  {s.name}: {s.status}" + (f": {s.detail}" if s.detail else "")
+              for s in result.steps]
+    return "\n".join(lines)
 
 
 def print_prune(result: PruneResult, output: str) -> None:

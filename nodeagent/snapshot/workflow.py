@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.inputs import check_number
 from nodeagent.log import fields
 from nodeagent.snapshot import ec2 as E
+from nodeagent.snapshot import limits
 from nodeagent.snapshot import tags as T
 from nodeagent.snapshot.freeze import frozen
 from nodeagent.snapshot.retention import PruneDecision, SnapshotInfo, plan_prune
@@ -43,6 +45,18 @@ class CreateRequest:
     fsr_zones: tuple[str, ...] = ()
 
 
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+@dataclass
+class Step:
+    """One thing done (or not) after the snapshot exists."""
+
+    name: str  # "consistency-tag" | "wait" | "fast-restore" | "ssm-parameter"
+    status: str  # DONE | FAILED | SKIPPED
+    detail: str = ""  # what was done, the error of a failed step, why one was skipped
+
+
 @dataclass
 class CreateResult:
     snapshot_id: str
@@ -50,19 +64,32 @@ class CreateResult:
     consistency: str
     freeze_seconds: float | None = None
     duplicates: list[str] = field(default_factory=list)
-    fsr_zones: tuple[str, ...] = ()
-    ssm_parameter: str | None = None
+    fsr_zones: tuple[str, ...] = ()  # the zones where FSR was enabled
+    ssm_parameter: str | None = None  # set once the parameter was written
     wait_seconds: float = 0.0
+    steps: list[Step] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Everything asked was done (the command then exits 0)."""
+        return not self.interrupted and all(s.status == DONE for s in self.steps)
 
 
 def validate(req: CreateRequest) -> None:
-    if not req.wait and (req.ssm_parameter or req.fsr_zones):
+    check_wait(req.wait, req.ssm_parameter, req.fsr_zones)
+    check_number("--max-freeze-seconds", req.max_freeze_s, *limits.MAX_FREEZE_S,
+                 low_open=True)
+    check_number("--timeout", req.timeout_s, *limits.TIMEOUT_S, low_open=True)
+    check_number("--poll-interval", req.poll_s, *limits.POLL_S)
+
+
+def check_wait(wait: bool, ssm_parameter: str | None, fsr_zones: Sequence[str]) -> None:
+    if not wait and (ssm_parameter or fsr_zones):
         raise UsageError(
             "--no-wait cannot be combined with --ssm-parameter or --fast-restore-az: both "
             "need a completed snapshot"
         )
-    if req.max_freeze_s <= 0:
-        raise UsageError(f"--max-freeze-seconds must be positive (got {req.max_freeze_s})")
 
 
 def _check_volume(ec2: Any, volume_id: str) -> dict[str, Any]:
@@ -70,36 +97,42 @@ def _check_volume(ec2: Any, volume_id: str) -> dict[str, Any]:
     warms up the connection, endpoint resolution and lazy imports the window will use."""
     with E.aws_call("DescribeVolumes", volume_id):
         volumes = ec2.describe_volumes(VolumeIds=[volume_id]).get("Volumes", [])
-    if not volumes:
-        raise E.AwsError(f"DescribeVolumes {volume_id}: not found in this region")
-    return dict(volumes[0])
+        if not volumes:
+            raise E.AwsError(f"DescribeVolumes {volume_id}: not found in this region")
+        return dict(volumes[0])
 
 
-def _start_snapshot(aws: E.AwsClients, req: CreateRequest) -> tuple[str, str, float | None]:
-    """CreateSnapshot, inside the freeze window when asked: (id, consistency, window s)."""
+def _start_snapshot(aws: E.AwsClients, req: CreateRequest, result: CreateResult) -> None:
+    """CreateSnapshot, inside the freeze window when asked; fills in the result's id,
+    consistency and window. Raises only while no snapshot exists."""
     fast = aws.client("ec2", max_attempts=FREEZE_WINDOW_ATTEMPTS,
                       timeout_s=FREEZE_WINDOW_TIMEOUT_S)
     volume = _check_volume(fast, req.volume_id)
     log.info("volume found", extra=fields(
         volume_id=req.volume_id, size_gib=volume.get("Size"),
         zone=volume.get("AvailabilityZone"), state=volume.get("State")))
+    result.consistency = "crash" if req.freeze_path is None else "frozen"
+    tags = T.build_tags(replace(req.metadata, consistency=result.consistency), req.name)
     if req.freeze_path is None:
-        meta = replace(req.metadata, consistency="crash")
-        tags = T.build_tags(meta, req.name)
-        return E.create_snapshot(fast, req.volume_id, req.description, tags), "crash", None
-    tags = T.build_tags(replace(req.metadata, consistency="frozen"), req.name)
+        result.snapshot_id = E.create_snapshot(fast, req.volume_id, req.description, tags)
+        return
     # No logging in the window: stderr may be a file on the frozen filesystem.
     with frozen(req.freeze_path, req.max_freeze_s) as window:
-        snapshot_id = E.create_snapshot(fast, req.volume_id, req.description, tags)
+        result.snapshot_id = E.create_snapshot(fast, req.volume_id, req.description, tags)
+    result.freeze_seconds = window.frozen_seconds
     if window.thawed_by_watchdog:
         log.warning("freeze window overran; the watchdog thawed the filesystem early: the "
                     "snapshot is crash-consistent", extra=fields(
-                        snapshot_id=snapshot_id, max_freeze_s=req.max_freeze_s))
-        with E.aws_call("CreateTags", snapshot_id):
-            fast.create_tags(Resources=[snapshot_id],
-                             Tags=[{"Key": T.CONSISTENCY, "Value": "crash"}])
-        return snapshot_id, "crash", window.frozen_seconds
-    return snapshot_id, "frozen", window.frozen_seconds
+                        snapshot_id=result.snapshot_id, max_freeze_s=req.max_freeze_s))
+        result.consistency = "crash"
+        _attempt(result, "consistency-tag", lambda: _retag_crash(fast, result.snapshot_id))
+
+
+def _retag_crash(ec2: Any, snapshot_id: str) -> str:
+    with E.aws_call("CreateTags", f"{T.CONSISTENCY}=crash on {snapshot_id}"):
+        ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": T.CONSISTENCY,
+                                                        "Value": "crash"}])
+    return f"{T.CONSISTENCY}=crash"
 
 
 def _duplicates(aws: E.AwsClients, request_id: str, snapshot_id: str) -> list[str]:
@@ -122,37 +155,114 @@ def create(
     req: CreateRequest,
     on_progress: Callable[[str, str, str], None] | None = None,
 ) -> CreateResult:
-    """Create the snapshot; wait, enable FSR and publish to SSM as the request says."""
+    """Create the snapshot; wait, enable FSR and publish to SSM as the request says.
+
+    Raises (a NodeagentError) only while no snapshot exists: the checks, the zones,
+    CreateSnapshot. From then on every step is attempted and recorded in the result
+    (``steps``; ``complete`` says whether all were done), so the caller can always say
+    which snapshot exists and what was and was not done."""
     validate(req)
     aws.check_credentials()
+    if req.fsr_zones:  # refused before anything is frozen or created
+        req = replace(req, fsr_zones=E.check_zones(aws.ec2, aws.region, req.fsr_zones))
     request_id = req.metadata.request_id or uuid.uuid4().hex
     req = replace(req, metadata=replace(req.metadata, request_id=request_id))
-    snapshot_id, consistency, window_s = _start_snapshot(aws, req)
+    result = CreateResult("", "pending", "")
+    _start_snapshot(aws, req, result)
     log.info("snapshot started", extra=fields(
-        snapshot_id=snapshot_id, volume_id=req.volume_id, consistency=consistency,
-        freeze_ms=None if window_s is None else round(window_s * 1000, 1)))
-    result = CreateResult(snapshot_id, "pending", consistency, window_s)
-    result.duplicates = _duplicates(aws, request_id, snapshot_id)
-    if not req.wait:
-        return result
-    started = time.monotonic()
-    E.wait_for_snapshot(
-        aws.ec2, snapshot_id, req.timeout_s, req.poll_s,
-        on_progress=(lambda state, pct: on_progress(snapshot_id, state, pct))
-        if on_progress else None,
-    )
-    result.state, result.wait_seconds = "completed", time.monotonic() - started
-    if req.fsr_zones:
-        E.enable_fast_snapshot_restore(aws.ec2, snapshot_id, req.fsr_zones)
-        result.fsr_zones = req.fsr_zones
-        log.info("fast snapshot restore enabled", extra=fields(
-            snapshot_id=snapshot_id, zones=list(req.fsr_zones)))
-    if req.ssm_parameter:
-        E.publish_parameter(aws.ssm, req.ssm_parameter, snapshot_id)
-        result.ssm_parameter = req.ssm_parameter
-        log.info("snapshot id published", extra=fields(
-            snapshot_id=snapshot_id, parameter=req.ssm_parameter))
+        snapshot_id=result.snapshot_id, volume_id=req.volume_id,
+        consistency=result.consistency, freeze_ms=None if result.freeze_seconds is None
+        else round(result.freeze_seconds * 1000, 1)))
+    result.duplicates = _duplicates(aws, request_id, result.snapshot_id)
+    if req.wait:
+        _finish(aws, req, result, on_progress)
     return result
+
+
+def _finish(aws: E.AwsClients, req: CreateRequest, result: CreateResult,
+            on_progress: Callable[[str, str, str], None] | None) -> None:
+    """Wait, then Fast Snapshot Restore and SSM, each attempted on its own. Both need a
+    completed snapshot; neither needs the other. In particular the parameter is written
+    even when FSR failed: the snapshot is complete and restores fine without FSR (blocks
+    load lazily, `nodeagent hydrate` reads the hot ones first), and holding the id back
+    would keep new nodes on an older snapshot; the non-zero exit still says FSR failed."""
+    later: list[tuple[str, Callable[[], str]]] = []
+    if req.fsr_zones:
+        later.append(("fast-restore", lambda: _enable_fsr(aws, req, result)))
+    if req.ssm_parameter:
+        later.append(("ssm-parameter", lambda: _publish(aws, req, result)))
+    completed = _attempt(result, "wait", lambda: _wait(aws, req, result, on_progress))
+    for name, action in later:
+        if result.interrupted:
+            result.steps.append(Step(name, SKIPPED, "interrupted"))
+        elif not completed:
+            result.steps.append(Step(name, SKIPPED, f"the snapshot is {result.state}, not "
+                                                    "completed"))
+        else:
+            _attempt(result, name, action)
+
+
+def _attempt(result: CreateResult, name: str, action: Callable[[], str]) -> bool:
+    """Run one step, record its outcome; True when it was done. Ctrl-C stops the steps
+    but not the report of what exists."""
+    try:
+        detail = action()
+    except NodeagentError as exc:
+        result.steps.append(Step(name, FAILED, str(exc)))
+    except Exception as exc:  # a bug must not lose the snapshot id either
+        log.debug("snapshot step failed", exc_info=True)
+        result.steps.append(Step(name, FAILED, f"{name}: unexpected failure "
+                                               f"({type(exc).__name__}: {exc})"))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        result.steps.append(Step(name, FAILED, "interrupted"))
+    else:
+        result.steps.append(Step(name, DONE, detail))
+        return True
+    log.warning("snapshot step not done", extra=fields(
+        snapshot_id=result.snapshot_id, step=name, error=result.steps[-1].detail))
+    return False
+
+
+def _wait(aws: E.AwsClients, req: CreateRequest, result: CreateResult,
+          on_progress: Callable[[str, str, str], None] | None) -> str:
+    def seen(state: str, pct: str) -> None:
+        result.state = state
+        if on_progress:
+            on_progress(result.snapshot_id, state, pct)
+
+    started = time.monotonic()
+    try:
+        E.wait_for_snapshot(aws.ec2, result.snapshot_id, req.timeout_s, req.poll_s,
+                            on_progress=seen)
+    except E.SnapshotFailed:
+        result.state = "error"
+        raise
+    finally:
+        result.wait_seconds = time.monotonic() - started
+    result.state = "completed"
+    return f"completed after {result.wait_seconds:.1f}s"
+
+
+def _enable_fsr(aws: E.AwsClients, req: CreateRequest, result: CreateResult) -> str:
+    enabled, problems = E.enable_fast_snapshot_restore(aws.ec2, result.snapshot_id,
+                                                       req.fsr_zones)
+    result.fsr_zones = enabled
+    if problems:
+        raise E.AwsError(f"EnableFastSnapshotRestores for {result.snapshot_id} failed in "
+                         + "; ".join(problems))
+    log.info("fast snapshot restore enabled", extra=fields(
+        snapshot_id=result.snapshot_id, zones=list(enabled)))
+    return "enabled in " + ",".join(enabled)
+
+
+def _publish(aws: E.AwsClients, req: CreateRequest, result: CreateResult) -> str:
+    assert req.ssm_parameter
+    E.publish_parameter(aws.ssm, req.ssm_parameter, result.snapshot_id)
+    result.ssm_parameter = req.ssm_parameter
+    log.info("snapshot id published", extra=fields(
+        snapshot_id=result.snapshot_id, parameter=req.ssm_parameter))
+    return f"{req.ssm_parameter} = {result.snapshot_id}"
 
 
 # ---------------------------------------------------------------------------- list / prune
