@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,90 +20,30 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
-from support.aws_servers import REGION, AwsProxy, MotoServer, Recorded
-from support.loopfs import LoopMount, loop_xfs
+from support import snapshot_env
+from support.aws_servers import AwsProxy, MotoServer, Recorded
+from support.loopfs import LoopMount
+from support.snapshot_env import INSTANCE, cli_base, metadata, ours
 
 from nodeagent.cli import main
 from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.snapshot import tags as T
 from nodeagent.snapshot import workflow
-from nodeagent.snapshot.ec2 import AwsClients, AwsError, AwsOptions, SnapshotFailed
+from nodeagent.snapshot.ec2 import AwsClients, AwsError, AwsOptions
 
 WRITER = ("import os, sys; print('start', flush=True); "
           "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); os.write(fd, b'x'); os.fsync(fd)")
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def proxy(moto: MotoServer) -> Iterator[AwsProxy]:
-    p = AwsProxy(moto.url)
-    yield p
-    p.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch, moto: MotoServer, proxy: AwsProxy,
-            tmp_path: Path) -> None:
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    moto.reset()
-    proxy.reset()
-
-
-@pytest.fixture
-def direct(moto: MotoServer) -> dict[str, object]:
-    """boto3 clients straight to moto, for set-up and checks (not through the proxy)."""
-    return {
-        "ec2": boto3.client("ec2", endpoint_url=moto.url, region_name=REGION),
-        "ssm": boto3.client("ssm", endpoint_url=moto.url, region_name=REGION),
-    }
-
-
-@pytest.fixture
-def aws(proxy: AwsProxy) -> AwsClients:
-    return AwsClients(AwsOptions(endpoint_url=proxy.url, max_attempts=5))
-
-
-@pytest.fixture
-def volume_id(direct: dict) -> str:
-    return direct["ec2"].create_volume(Size=50, AvailabilityZone=f"{REGION}a")["VolumeId"]
-
-
-@pytest.fixture
-def xfs(tmp_path: Path) -> Iterator[LoopMount]:
-    with loop_xfs(tmp_path) as mount:
-        yield mount
-
-
-def metadata(images: tuple[str, ...] = ("registry.example/ml/pytorch:2.3",
-                                        "registry.example/ml/triton:24.05")) -> T.SnapshotMetadata:
-    return T.SnapshotMetadata(
-        hotlist_digest=T.hotlist_digest(images), images=images, architecture="amd64",
-        containerd_version="1.7.22", source_node="ip-10-0-1-23.ec2.internal",
-        created_at=datetime(2026, 5, 1, 12, 0, tzinfo=UTC), source_instance="i-0abc",
-    )
-
-
-def ours(direct: dict, volume_id: str) -> list[dict]:
-    """Snapshots of the test's volume (moto also has snapshots behind its default AMIs)."""
-    return direct["ec2"].describe_snapshots(
-        Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Snapshots"]
+moto = snapshot_env.moto
+proxy = snapshot_env.proxy
+aws_env = snapshot_env.aws_env
+direct = snapshot_env.direct
+aws = snapshot_env.aws
+volume_id = snapshot_env.volume_id
+xfs = snapshot_env.xfs
+node = snapshot_env.node
 
 
 def progress_through(moto: MotoServer, proxy: AwsProxy, steps: list[tuple[str, str]]) -> None:
@@ -177,7 +118,7 @@ def test_create_freezes_only_around_create_snapshot_then_waits_and_publishes(
     assert tags[T.ARCHITECTURE] == "amd64"
     assert tags[T.CONTAINERD_VERSION] == "1.7.22"
     assert tags[T.SOURCE_NODE] == "ip-10-0-1-23.ec2.internal"
-    assert tags[T.SOURCE_INSTANCE] == "i-0abc"
+    assert tags[T.SOURCE_INSTANCE] == INSTANCE
     assert tags[T.CREATED_AT] == "2026-05-01T12:00:00Z"
     assert tags[T.CONSISTENCY] == "frozen"
     assert tags["Name"] == "ml-hot"
@@ -197,8 +138,12 @@ def test_snapshot_in_error_state_is_reported_and_not_published(
     req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(),
                                  freeze_path=str(xfs.mount_point), poll_s=0.05,
                                  ssm_parameter="/nodeagent/ml/snapshot")
-    with pytest.raises(SnapshotFailed, match=rf"snap-\w+ of {volume_id} failed \(state error"):
-        workflow.create(aws, req)
+    result = workflow.create(aws, req)
+    assert result.state == "error" and not result.complete
+    wait, publish = result.steps
+    assert wait.status == "failed"
+    assert re.search(rf"snap-\w+ of {volume_id} failed \(state error", wait.detail)
+    assert (publish.name, publish.status) == ("ssm-parameter", "skipped")
     assert "PutParameter" not in proxy.actions()
     with pytest.raises(direct["ssm"].exceptions.ParameterNotFound):
         direct["ssm"].get_parameter(Name="/nodeagent/ml/snapshot")
@@ -210,8 +155,9 @@ def test_waiter_gives_up_at_its_deadline(aws: AwsClients, proxy: AwsProxy, moto:
     progress_through(moto, proxy, [("pending", "5%")] * 1000)
     req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None,
                                  poll_s=0.05, timeout_s=0.5)
-    with pytest.raises(AwsError, match=r"still pending after 0s; it continues in EC2"):
-        workflow.create(aws, req)
+    result = workflow.create(aws, req)
+    assert (result.state, result.complete) == ("pending", False)
+    assert "still pending after 0s; it continues in EC2" in result.steps[0].detail
 
 
 def test_throttling_is_retried_everywhere(aws: AwsClients, proxy: AwsProxy, direct: dict,
@@ -304,7 +250,9 @@ def test_no_wait_cannot_publish() -> None:
 FSR_OK = b"""<EnableFastSnapshotRestoresResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
 <requestId>7b5e7a55-0000-0000-0000-000000000000</requestId>
 <successful><item><snapshotId>%s</snapshotId><availabilityZone>us-east-1a</availabilityZone>
-<state>enabling</state></item></successful><unsuccessful/>
+<state>enabling</state></item><item><snapshotId>%s</snapshotId>
+<availabilityZone>us-east-1c</availabilityZone><state>enabling</state></item></successful>
+<unsuccessful/>
 </EnableFastSnapshotRestoresResponse>"""
 
 FSR_FAILED = b"""<EnableFastSnapshotRestoresResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
@@ -318,7 +266,7 @@ FSR_FAILED = b"""<EnableFastSnapshotRestoresResponse xmlns="http://ec2.amazonaws
 
 def test_fast_snapshot_restore_request(aws: AwsClients, proxy: AwsProxy,
                                        volume_id: str) -> None:
-    proxy.respond("EnableFastSnapshotRestores", 200, FSR_OK % b"snap-any")
+    proxy.respond("EnableFastSnapshotRestores", 200, FSR_OK % (b"snap-any", b"snap-any"))
     req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None,
                                  poll_s=0.02, fsr_zones=("us-east-1a", "us-east-1c"))
     result = workflow.create(aws, req)
@@ -334,9 +282,10 @@ def test_fast_snapshot_restore_failure_names_the_zone(aws: AwsClients, proxy: Aw
     proxy.respond("EnableFastSnapshotRestores", 200, FSR_FAILED)
     req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None,
                                  poll_s=0.02, fsr_zones=("us-east-1b",))
-    with pytest.raises(AwsError, match="failed in us-east-1b: InvalidParameterValue: Fast "
-                                       "snapshot restores limit exceeded"):
-        workflow.create(aws, req)
+    result = workflow.create(aws, req)
+    assert (result.state, result.complete, result.fsr_zones) == ("completed", False, ())
+    assert "failed in us-east-1b: InvalidParameterValue: Fast snapshot restores limit " \
+        "exceeded" in result.steps[-1].detail
 
 
 def test_many_images_are_split_over_tags(aws: AwsClients, direct: dict,
@@ -452,9 +401,10 @@ def test_prune_cli_dry_run_by_default_then_yes(proxy: AwsProxy, fleet: dict[str,
 
 def test_prune_rejects_keep_zero(proxy: AwsProxy, fleet: dict[str, str],
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["snapshot", "prune", "--keep", "0", "--yes", "--endpoint-url",
-                 proxy.url]) == 2
-    assert "--keep must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["snapshot", "prune", "--keep", "0", "--yes", "--endpoint-url", proxy.url])
+    assert exit_.value.code == 2
+    assert "argument --keep: 0: must be within [1, 1000]" in capsys.readouterr().err
     assert "DeleteSnapshot" not in proxy.actions()
 
 
@@ -484,21 +434,6 @@ def test_list_cli_without_credentials(monkeypatch: pytest.MonkeyPatch, proxy: Aw
 # freeze still happens on the real XFS.
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[PrivateContainerd]:
-    from conftest import require, require_root
-
-    require("containerd")
-    require_root()
-    with loop_xfs(tmp_path / "disk") as mount:
-        daemon = PrivateContainerd(tmp_path / "ctrd", root=mount.mount_point / "containerd")
-        daemon.start()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
-
-
 async def _pull_and_pin(address: str, refs: list[str]) -> None:
     from nodeagent.containerd.client import ContainerdClient
 
@@ -512,20 +447,13 @@ async def _pull_and_pin(address: str, refs: list[str]) -> None:
                         "io.cri-containerd.pinned": "pinned", "nodeagent.io/pinned": "true"})
 
 
-def _cli_base(node: PrivateContainerd, proxy: AwsProxy, tmp_path: Path) -> list[str]:
-    return ["--containerd-address", node.address, "--containerd-root", str(node.root),
-            "--endpoint-url", proxy.url, "--poll-interval", "0.05",
-            "--kubelet-dir", str(tmp_path / "no-kubelet"), "--node-name", "builder-1",
-            "--instance-id", "i-0builder"]
-
-
 def test_cli_create_records_pinned_images(node: PrivateContainerd, proxy: AwsProxy,
                                           direct: dict, volume_id: str, sample_images,
                                           tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     server, trainer = sample_images["model-server"], sample_images["trainer"]
     asyncio.run(_pull_and_pin(node.address, [server.ref, trainer.ref]))
-    code = main(["snapshot", "create", *_cli_base(node, proxy, tmp_path),
+    code = main(["snapshot", "create", *cli_base(node, proxy, tmp_path),
                  "--volume-id", volume_id, "--ssm-parameter", "/nodeagent/snap", "-o", "json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -535,7 +463,7 @@ def test_cli_create_records_pinned_images(node: PrivateContainerd, proxy: AwsPro
     snap = direct["ec2"].describe_snapshots(SnapshotIds=[out["snapshotId"]])["Snapshots"][0]
     tags = T.tag_map(snap["Tags"])
     assert tags[T.CONTAINERD_VERSION].startswith("1.")
-    assert tags[T.SOURCE_NODE] == "builder-1" and tags[T.SOURCE_INSTANCE] == "i-0builder"
+    assert tags[T.SOURCE_NODE] == "builder-1" and tags[T.SOURCE_INSTANCE] == INSTANCE
     assert direct["ssm"].get_parameter(Name="/nodeagent/snap")["Parameter"]["Value"] \
         == out["snapshotId"]
 
@@ -544,7 +472,7 @@ def test_cli_create_records_pinned_images(node: PrivateContainerd, proxy: AwsPro
 def test_cli_create_refuses_a_volume_that_is_not_ebs(node: PrivateContainerd,
                                                      proxy: AwsProxy, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["snapshot", "create", *_cli_base(node, proxy, tmp_path)])
+    code = main(["snapshot", "create", *cli_base(node, proxy, tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
     assert "/dev/loop" in err and "not an EBS volume" in err
@@ -558,7 +486,7 @@ def test_cli_create_refuses_to_clone_kubelet_credentials(
         capsys: pytest.CaptureFixture[str]) -> None:
     kubelet = node.root.parent / "kubelet"
     (kubelet / "pki").mkdir(parents=True)
-    args = [*_cli_base(node, proxy, tmp_path), "--volume-id", volume_id]
+    args = [*cli_base(node, proxy, tmp_path), "--volume-id", volume_id]
     args[args.index("--kubelet-dir") + 1] = str(kubelet)
     assert main(["snapshot", "create", *args]) == 2
     assert "kubelet credentials" in capsys.readouterr().err
@@ -569,7 +497,7 @@ def test_cli_create_refuses_the_root_filesystem(containerd: PrivateContainerd,
                                                 proxy: AwsProxy, volume_id: str,
                                                 tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["snapshot", "create", *_cli_base(containerd, proxy, tmp_path),
+    code = main(["snapshot", "create", *cli_base(containerd, proxy, tmp_path),
                  "--volume-id", volume_id])
     assert code == 2
     assert "is on the root filesystem" in capsys.readouterr().err
@@ -584,7 +512,7 @@ def test_cli_build_prewarms_verifies_and_snapshots(node: PrivateContainerd, prox
     refs = [sample_images["python"].ref, sample_images["tools"].ref]
     hot = tmp_path / "hot.yaml"
     hot.write_text(hotlist_yaml("ml", refs, selector="role: gpu"))  # builder: all sets
-    code = main(["snapshot", "build", "-f", str(hot), *_cli_base(node, proxy, tmp_path),
+    code = main(["snapshot", "build", "-f", str(hot), *cli_base(node, proxy, tmp_path),
                  "--volume-id", volume_id, "-o", "json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -602,7 +530,7 @@ def test_cli_build_does_not_snapshot_when_an_image_is_missing(
     absent = f"{registry.host}/nodeagent-test/absent:1"
     hot = tmp_path / "hot.yaml"
     hot.write_text(hotlist_yaml("ml", [sample_images["python"].ref, absent]))
-    code = main(["snapshot", "build", "-f", str(hot), *_cli_base(node, proxy, tmp_path),
+    code = main(["snapshot", "build", "-f", str(hot), *cli_base(node, proxy, tmp_path),
                  "--volume-id", volume_id])
     assert code == 1
     assert f"not snapshotting: {absent} is not in containerd" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def base(node: PrivateContainerd, proxy: AwsProxy, tmp_path: Path, volume_id: st
             "--containerd-address", node.address, "--containerd-root", str(node.root),
             "--endpoint-url", proxy.url, "--poll-interval", "0.05",
             "--kubelet-dir", str(tmp_path / "no-kubelet"), "--node-name", "builder-1",
-            "--instance-id", "i-0builder", "--volume-id", volume_id]
+            "--instance-id", "i-0b1d2e3f4a5b6c7d8", "--volume-id", volume_id]
 
 
 def files(tmp_path: Path, sample_images, *models: tuple[str, str]) -> tuple[Path, Path]:
