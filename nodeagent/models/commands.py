@@ -162,6 +162,9 @@ def _listed(args: argparse.Namespace, consequence: str) -> set[str] | None:
     """Names the lists keep: every selected set's models (conflicting names included).
     ``consequence``: what the command did not do when a list is invalid."""
     if not args.files:
+        if args.node_labels is not None:  # it would select nothing: say so, not drop it
+            raise UsageError("--node-labels needs -f: the HotModelSet files whose "
+                             "nodeSelectors it is matched against")
         return None
     from nodeagent.api.hotmodelset import ModelListError, load_hotmodelsets
 

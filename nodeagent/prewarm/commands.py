@@ -202,6 +202,8 @@ def prewarm_handler(args: argparse.Namespace) -> int:
     from nodeagent.prewarm.desired import load_desired
     from nodeagent.prewarm.run import PrewarmRun, run_prewarm
 
+    if args.all_sets and args.node_labels is not None:  # one of them would be dropped
+        raise UsageError("--all-sets and --node-labels exclude each other")
     options = prewarm_options(args, remove_unlisted=args.remove_unlisted)  # bad flags first
     run = PrewarmRun(
         hotlist=hotlist_files(args, args.all_sets), prewarm=options,
