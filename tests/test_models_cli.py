@@ -12,8 +12,19 @@ import textwrap
 import time
 from pathlib import Path
 
+import boto3
 import pytest
-from support.models_fixtures import BUCKET, aws_env, data, moto, proxy, s3
+from moto import settings as moto_settings
+from support.models_fixtures import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    aws_env,
+    data,
+    moto,
+    proxy,
+    s3,
+)
 
 from nodeagent.sandbox.artifacts import push_artifact
 
@@ -240,3 +251,40 @@ def _wait_for(predicate, what: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("wrong", ["unknown-key", "no-permission"])
+def test_wrong_credentials_fail_clearly_and_never_show_a_secret(monkeypatch, moto, s3,
+                                                                tmp_path, wrong):
+    """Access denied (moto enforcing IAM): exit 1 naming the model and the permission, and
+    neither the secret key nor the session token anywhere in stdout or stderr, in text,
+    JSON, live progress or debug logs."""
+    s3.put_object(Bucket=BUCKET, Key="llm/a.bin", Body=b"a")
+    token = ""
+    if wrong == "no-permission":
+        iam = boto3.client("iam", endpoint_url=moto.url, region_name="us-east-1",
+                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        iam.create_user(UserName="no-s3")
+        key = iam.create_access_key(UserName="no-s3")["AccessKey"]
+        key_id, secret = key["AccessKeyId"], key["SecretAccessKey"]
+    else:
+        key_id, secret = "AKIAWRONGWRONGWRONG1", "wR0ngS3cretKeyForTheCliTest/0123456789+abcd"
+        token = "IQoJb3JpZ2luX2VjWRONGSESSIONTOKEN" + "t0k3n" * 20
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # enforce IAM
+    listed = model_list(tmp_path / "models.yaml", "serving",
+                        [{"name": "llm", "source": f"s3://{BUCKET}/llm/"}])
+    base = ["models", "prewarm", "-f", str(listed), "--once", "--cache-dir",
+            str(tmp_path / "cache")]
+    for argv in (base, [*base, "-o", "json", "--progress", "live"],
+                 ["--log-level", "debug", *base]):
+        run = nodeagent(*argv)
+        assert run.returncode == 1, run.stderr
+        shown = run.stdout + run.stderr
+        assert "llm" in run.stdout and "access_denied" in run.stdout
+        assert "access denied by S3" in run.stdout and "s3:ListBucket" in run.stdout
+        assert "Traceback" not in shown
+        for hidden in (secret, token):
+            assert not hidden or hidden not in shown, (argv, hidden)

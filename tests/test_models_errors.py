@@ -107,3 +107,21 @@ def test_region_comes_from_aws_region_too(monkeypatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     assert make_client(2).meta.region_name == "ap-south-1"
     assert make_client(2, region="us-west-2").meta.region_name == "us-west-2"
+
+
+def test_endpoint_from_aws_endpoint_url_when_there_is_no_s3_one(monkeypatch, proxy, s3,
+                                                                 tmp_path: Path) -> None:
+    """AWS_ENDPOINT_URL alone is used (botocore's service-independent variable), and
+    AWS_ENDPOINT_URL_S3 wins over it when both are set."""
+    s3.put_object(Bucket=BUCKET, Key="llm/a.bin", Body=b"a")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    result = sync([ModelSpec("llm", f"s3://{BUCKET}/llm/")],
+                  SyncOptions(cache_dir=str(tmp_path / "one")))
+    assert result.ok and ("GET", "/models/llm/a.bin") in proxy.requests()
+    proxy.reset_requests()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    result = sync([ModelSpec("llm", f"s3://{BUCKET}/llm/")],
+                  SyncOptions(cache_dir=str(tmp_path / "two")))
+    assert result.ok and ("GET", "/models/llm/a.bin") in proxy.requests()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -202,24 +204,36 @@ def test_registry_mirror_from_hosts_toml(registry, tmp_path):
     assert (tmp_path / "cache/mirrored/m.bin").read_bytes() == data(2000, 6)
 
 
-def test_s3_and_oci_models_in_one_sync_are_ordered_by_priority(registry, tmp_path):
-    low = push_artifact(registry.host, "models/low", "v1", {"l.bin": b"low"})
-    high = push_artifact(registry.host, "models/high", "v1", {"h.bin": b"high"})
-    seen: list[str] = []
+def test_an_interrupted_download_resumes_without_fetching_finished_ranges(registry, proxy,
+                                                                          tmp_path):
+    body = data(12 * MiB, 8)
+    art = push_artifact(registry.host, "models/resume", "v1",
+                        {"w.bin": body, "config.json": b"{}"})
+    spec = ModelSpec("r", _via(proxy, art.ref, registry.host))
+    journal = tmp_path / "cache" / ".nodeagent" / "staging" / "r" / "journal.jsonl"
+    stop = threading.Event()
 
-    class Recorder:
-        def update(self, models):
-            pass
+    def stop_after_two_ranges() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+                stop.set()
+            time.sleep(0.02)
 
-        def event(self, model):
-            if model.state == "present":
-                seen.append(model.name)
+    proxy.set_limits(None, 4 * MiB)
+    watcher = threading.Thread(target=stop_after_two_ranges)
+    watcher.start()
+    first = sync([spec], SyncOptions(cache_dir=str(tmp_path / "cache"), concurrency=2,
+                                     range_bytes=RANGE, stop=stop))
+    watcher.join()
+    assert first.models[0].error is not None and first.models[0].error.reason == "cancelled"
+    assert not (tmp_path / "cache" / "r").exists()
+    done = len(journal.read_text().splitlines()) - 1  # header, then one line per range
+    assert 2 <= done < 4  # of config.json (one) and w.bin (three 4 MiB ranges)
 
-        def close(self):
-            pass
-
-    specs = [ModelSpec("low", "oci://" + low.ref, priority=1),
-             ModelSpec("high", "oci://" + high.ref, priority=9)]
-    result = sync(specs, SyncOptions(cache_dir=str(tmp_path / "cache"), concurrency=1),
-                  reporter=Recorder())
-    assert result.ok and seen == ["high", "low"]
+    proxy.set_limits(None, None)
+    proxy.reset_requests()
+    again = sync([spec], options(tmp_path))
+    assert again.ok and again.models[0].state == "updated"
+    assert tree(tmp_path / "cache" / "r") == {"w.bin": body, "config.json": b"{}"}
+    assert len(blob_gets(proxy)) == 4 - done  # only what the first run had not finished

@@ -25,6 +25,7 @@ from support.models_fixtures import (
 
 from nodeagent import metrics
 from nodeagent.models import ModelSpec, SyncOptions, sync
+from nodeagent.models.plan import RANGE_BYTES
 from nodeagent.sandbox.throttle import ThrottleProxy, corrupt, pause
 
 RANGE = 4 * MiB  # small ranges so small test objects still take several ranged GETs
@@ -213,3 +214,52 @@ def test_an_object_changing_mid_download_fails_cleanly(s3, proxy: ThrottleProxy,
     assert error is not None and error.reason == "source_changed"
     assert "an object changed while it was downloaded" in str(error)
     assert not (tmp_path / "cache" / "moving").exists()
+
+
+def test_an_object_larger_than_the_default_range_takes_several_ranged_gets(
+        s3, proxy: ThrottleProxy, tmp_path: Path) -> None:
+    """Default options (32 MiB ranges): a 40 MiB object is two ranged GETs, hashed as
+    they arrive and combined (boto3 sends CRC32 with PutObject)."""
+    body = data(RANGE_BYTES + 8 * MiB + 3, 30)
+    s3.put_object(Bucket=BUCKET, Key="wide/w.bin", Body=body)
+    result = sync([ModelSpec("wide", f"s3://{BUCKET}/wide/")],
+                  SyncOptions(cache_dir=str(tmp_path / "cache")))
+    assert result.ok, result.models[0].error
+    assert (tmp_path / "cache" / "wide" / "w.bin").read_bytes() == body
+    gets = [t for m, t in proxy.requests() if m == "GET" and "list-type" not in t]
+    assert gets == ["/models/wide/w.bin"] * 2
+    manifest = json.loads((tmp_path / "cache" / "wide.manifest.json").read_text())
+    assert manifest["objects"][0]["verified"] == "full CRC32"
+
+
+def test_s3_and_oci_models_in_one_sync_are_ordered_by_priority(s3, registry,
+                                                               tmp_path: Path) -> None:
+    """One pool serves both kinds of source, highest priority first whatever the kind."""
+    from nodeagent.sandbox.artifacts import push_artifact
+
+    s3.put_object(Bucket=BUCKET, Key="mid/m.bin", Body=data(300_000, 31))
+    low = push_artifact(registry.host, "models/low", "v1", {"l.bin": b"low"})
+    high = push_artifact(registry.host, "models/high", "v1", {"h.bin": data(200_000, 32)})
+    seen: list[str] = []
+
+    class Recorder:
+        def update(self, models):
+            pass
+
+        def event(self, model):
+            if model.state == "present":
+                seen.append(model.name)
+
+        def close(self):
+            pass
+
+    specs = [ModelSpec("low", "oci://" + low.ref, priority=1),
+             ModelSpec("mid", f"s3://{BUCKET}/mid/", priority=5),
+             ModelSpec("high", "oci://" + high.ref, priority=9)]
+    result = sync(specs, SyncOptions(cache_dir=str(tmp_path / "cache"), concurrency=1),
+                  reporter=Recorder())
+    assert result.ok, [m.error for m in result.models]
+    assert seen == ["high", "mid", "low"]
+    cache = tmp_path / "cache"
+    assert (cache / "mid" / "m.bin").read_bytes() == data(300_000, 31)
+    assert (cache / "high" / "h.bin").read_bytes() == data(200_000, 32)
