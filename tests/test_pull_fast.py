@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -38,6 +38,7 @@ from nodeagent.sandbox.featured import (
     sparse_tar,
 )
 from nodeagent.sandbox.push import push_images
+from nodeagent.sandbox.throttle import MiB, ThrottleProxy
 
 pytestmark = pytest.mark.containerd
 
@@ -53,11 +54,18 @@ def second_containerd(tmp_path: Path, containerd: PrivateContainerd):
         daemon.stop()
 
 
-async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "") -> str:
+async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "", *,
+                    hosts_dir: str | None = None, hook=None) -> str:
+    """``hosts_dir``: another hosts.toml directory than containerd's; ``hook(puller)``
+    runs before the pull (to widen a race window)."""
     async with ContainerdClient(containerd.address) as client:
         setup = await check_fast_path(ContainerdStore(client), host_root)
+        if hosts_dir is not None:
+            setup.hosts_dir = hosts_dir
         assert setup.staging.lock()
         puller = FastPuller(client, setup)
+        if hook is not None:
+            hook(puller)
         try:
             return await puller.pull(parse_reference(ref), None, None)
         finally:
@@ -234,24 +242,109 @@ async def test_old_gnu_sparse_is_refused_like_containerd(registry, containerd,
 # ----------------------------------------------------------------------------- concurrency
 
 
-async def test_kubelet_pulling_the_same_image_meanwhile(registry, containerd, tmp_path):
-    """CRI PullImage (what kubelet does) racing the fast pull in the same containerd:
-    both succeed and there is one image, each layer committed once."""
-    layers = [layer_blob([Entry(f"f{i}", data=hashlib.sha256(bytes([i])).digest() * 40000)])
-              for i in range(4)]
-    image = build_featured("fast/race", layers, tmp_path / "blobs")
+def race_image(name: str, cache: Path):
+    """Small-file layers (the tar features) under four incompressible 3 MiB layers: enough
+    bytes that two throttled pulls overlap for seconds, layer after layer."""
+    noise = [layer_blob([Entry(f"blob{i}", data=os.urandom(3 * MiB), mode=0o640)])
+             for i in range(4)]
+    return build_featured(name, [layer_blob(base_entries()),
+                                 layer_blob(upper_entries(), "zstd"), *noise], cache)
+
+
+def hosts_via(directory: Path, registry_host: str, proxy: ThrottleProxy) -> Path:
+    """A hosts.toml directory that sends ``registry_host``'s pulls through ``proxy``."""
+    path = directory / registry_host / "hosts.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(f'[host."{proxy.url}"]\n  capabilities = ["pull", "resolve"]\n')
+    return directory
+
+
+def layer_gets(proxy: ThrottleProxy, image) -> int:
+    """How many of the image's layers ``proxy`` was asked for so far."""
+    digests = {layer.digest for layer in image.layers}
+    return len({target.split("/blobs/")[1].split("?")[0] for method, target in proxy.requests()
+                if method == "GET" and "/blobs/" in target} & digests)
+
+
+@pytest.mark.parametrize("leader", ["containerd", "nodeagent", "either"])
+async def test_kubelet_pulling_the_same_image_meanwhile(registry, containerd, second_containerd,
+                                                        tmp_path, leader, caplog):
+    """CRI PullImage (what kubelet does) and the fast pull of the same image in the same
+    containerd, each through its own throttling proxy so both are on the wire at once:
+    both succeed, there is one image (3 records), one snapshot per chain, each blob once
+    with containerd's labels, and the layers equal containerd's own unpack.
+
+    ``containerd``: our download is faster, but each Prepare of ours waits until
+    containerd has committed that chain: it lands in the window between our check and
+    Prepare, and containerd answers ALREADY_EXISTS. ``nodeagent``: containerd's downloads
+    are open but crawl (8 KiB/s) until the fast pull is done; it finds our snapshots (and
+    commits the same blobs over ours). ``either``: the same speed, whoever gets there
+    first. Without the ALREADY_EXISTS handling in commit.py, ``containerd`` fails."""
+    since = time.time() - 1
+    image = race_image(f"fast/race-{leader}", tmp_path / "blobs")
     (ref,) = push(registry, image)
+    chains = chain_ids([layer.diff_id for layer in image.layers])
+    async with ContainerdClient(second_containerd.address) as client:
+        await client.pull_image(ref)  # the reference: containerd alone
+    rates = {"containerd": (MiB, 4 * MiB), "nodeagent": (8 << 10, 4 * MiB),
+             "either": (2 * MiB, 2 * MiB)}[leader]  # total B/s: containerd's, ours
+    caplog.set_level("DEBUG", logger="nodeagent.pull")
+    answers: list[object] = []
+
+    def prepare_after_containerd(puller: FastPuller) -> None:
+        prepare = puller.store.prepare
+
+        async def late_prepare(snapshotter, key, parent, labels, lease):
+            while await puller.store.snapshot(snapshotter, key.split()[-1]) is None:
+                await asyncio.sleep(0.05)
+            answers.append(await prepare(snapshotter, key, parent, labels, lease))
+            return answers[-1]
+
+        puller.store.prepare = late_prepare  # type: ignore[method-assign]
 
     async def cri() -> str:
         async with ContainerdClient(containerd.address) as client:
             return await client.pull_image(ref)
 
-    ours, theirs = await asyncio.gather(fast_pull(containerd, ref), cri())
+    with ThrottleProxy(registry.host, total_bps=rates[0], chunk_bytes=4 << 10,
+                       record_requests=True) as cri_proxy, \
+            ThrottleProxy(registry.host, per_connection_bps=rates[1] / 4, total_bps=rates[1],
+                          chunk_bytes=64 << 10, record_requests=True) as our_proxy:
+        containerd.map_registry(registry.host, cri_proxy.url)
+        hosts = hosts_via(tmp_path / "our-hosts", registry.host, our_proxy)
+        hook = prepare_after_containerd if leader == "containerd" else None
+        fast = asyncio.create_task(fast_pull(containerd, ref, hosts_dir=str(hosts), hook=hook))
+        kubelet = asyncio.create_task(cri())
+        await asyncio.wait({fast, kubelet}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        on_the_wire = layer_gets(cri_proxy, image), layer_gets(our_proxy, image)
+        cri_proxy.set_limits(None, None)
+        ours, theirs = await asyncio.wait_for(asyncio.gather(fast, kubelet), 120)
     assert ours == theirs == image.config_digest
-    chains = chain_ids([layer.diff_id for layer in image.layers])
-    snapshots = labels_of(containerd, "snapshots")
-    assert sorted(snapshots) == sorted(chains)
-    assert len(labels_of(containerd, "images")) == 3
+    assert min(on_the_wire) >= 2, f"the pulls did not overlap: {on_the_wire}"
+    committed = [r.fields["chain"] for r in caplog.records if r.getMessage() == "layer committed"]
+    theirs_first = [r.fields["chain"] for r in caplog.records
+                    if r.getMessage() == "layer committed by someone else"]
+    assert set(committed) | set(theirs_first) <= set(chains)  # the rest: there before us
+    if leader == "containerd":  # ALREADY_EXISTS; containerd's later commits beat our Stat
+        assert answers and all(a is None for a in answers) and committed == []
+    elif leader == "nodeagent":  # containerd may win the two tiny layers, not the rest
+        big = {chain for chain, layer in zip(chains, image.layers, strict=True)
+               if layer.size > MiB}
+        assert big <= set(committed)
+
+    assert sorted(labels_of(containerd, "snapshots")) == sorted(chains)
+    images = labels_of(containerd, "images")
+    assert len(images) == 3 and images == labels_of(second_containerd, "images")
+    assert labels_of(containerd, "content") == labels_of(second_containerd, "content")
+    blobs = containerd.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+        d.partition(":")[2] for d in labels_of(second_containerd, "content"))
+    async with ContainerdClient(containerd.address) as client:
+        assert await client.list_ingests() == []
+    assert containerd.ctr("leases", "ls").splitlines()[1:] == []
+    staging = containerd.root / "nodeagent-pull"
+    assert [p for p in staging.rglob("*") if p.is_file() and p.name != "lock"] == []
+    await assert_same_layers(image, containerd, second_containerd, since)
 
 
 # ----------------------------------------------------------------------------- fallback

@@ -205,15 +205,15 @@ class ImagePull:
         registration in the content store go on in the background (``_register``)."""
         layer = unpacked.layer
         try:
-            await commit_layer(self.store, self.setup, layer, unpacked.result.target,
-                               unpacked.result.implicit_dirs, self.lease)
+            ours = await commit_layer(self.store, self.setup, layer, unpacked.result.target,
+                                      unpacked.result.implicit_dirs, self.lease)
         except BaseException:
             shutil.rmtree(unpacked.result.target, ignore_errors=True)
             if unpacked.staged is not None:
                 await self.sharing.release(unpacked.staged)
             raise
-        log.debug("layer committed", extra=fields(layer=layer.blob.digest,
-                                                  chain=layer.chain_id))
+        log.debug("layer committed" if ours else "layer committed by someone else",
+                  extra=fields(layer=layer.blob.digest, chain=layer.chain_id))
         registration = asyncio.create_task(self._register(unpacked))
         registration.add_done_callback(lambda task: self._registered(layer.chain_id, task))
         self._registrations[layer.chain_id] = registration
