@@ -6,6 +6,7 @@ mode behind the recording proxy (tests/support/snapshot_env.py) where AWS is ask
 from __future__ import annotations
 
 import json
+import os
 
 import boto3
 import pytest
@@ -170,3 +171,35 @@ def test_hydrate_full_device_must_be_a_block_device(device: str, tmp_path,
     err = capsys.readouterr().err
     assert f"--full-device {path}: " in err
     assert ("No such file" in err) if device == "missing" else ("not a block device" in err)
+
+
+def test_a_device_that_cannot_be_read_keeps_the_hot_result(
+        containerd, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import stat
+
+    device = tmp_path / "no-driver"  # a block device node no driver answers: ENXIO on open
+    os.mknod(device, 0o600 | stat.S_IFBLK, os.makedev(240, 7))
+    code = main(["hydrate", "--containerd-address", containerd.address, "--containerd-root",
+                 str(containerd.root), "--full-device", str(device), "-o", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["hot"]["files"] >= 1 and out["device"] is None  # the metadata was read
+    assert out["problems"] == [f"cannot open {device} for reading: No such device or address"]
+
+
+def test_aws_configuration_problems_are_one_line(
+        monkeypatch: pytest.MonkeyPatch, proxy: AwsProxy, tmp_path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "absent")
+    assert main(["snapshot", "list", "--endpoint-url", proxy.url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nodeagent: error: reading the AWS configuration")
+    assert "The config profile (absent) could not be found" in err
+    monkeypatch.delenv("AWS_PROFILE")
+    broken = tmp_path / "config"
+    broken.write_text("[default\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(broken))
+    assert main(["snapshot", "list", "--endpoint-url", proxy.url]) == 1
+    err = capsys.readouterr().err
+    assert f"Unable to parse config file: {broken}" in err and len(err.splitlines()) == 1
+    assert proxy.actions() == []

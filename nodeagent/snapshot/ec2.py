@@ -83,8 +83,12 @@ class AwsClients:
 
     def __init__(self, options: AwsOptions) -> None:
         self.options = options
-        self.region = resolve_region(options.region, boto3.session.Session())
-        self.session = boto3.session.Session(region_name=self.region)
+        # botocore reads AWS_PROFILE and the config files here (a missing profile, a file
+        # that does not parse): one line naming what was being read, not a traceback
+        with aws_call("reading the AWS configuration", "(AWS_PROFILE, AWS_CONFIG_FILE, "
+                      "AWS_SHARED_CREDENTIALS_FILE)"):
+            self.region = resolve_region(options.region, boto3.session.Session())
+            self.session = boto3.session.Session(region_name=self.region)
         self._clients: dict[tuple[str, int, float | None], Any] = {}
 
     def check_credentials(self) -> None:

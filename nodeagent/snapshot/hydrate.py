@@ -116,16 +116,32 @@ async def hydrate(
         progress.done("hot", hot)
         report = HydrateReport(images=len(files), hot=hot, problems=problems)
         if options.full_device:
-            progress.phase("device", _device_size(options.full_device), 1)
-            report.device = await asyncio.to_thread(
-                read_device, options.full_device, limiter, options.chunk, progress.read, stop)
-            _record("device", report.device)
-            progress.done("device", report.device)
+            await _read_whole_device(options, limiter, progress, stop, report)
     except BaseException:
         stop.set()  # cancelled (agent shutdown, Ctrl-C): reader threads stop too
         raise
     report.complete = not stop.is_set()
     return report
+
+
+async def _read_whole_device(options: HydrateOptions, limiter: TokenBucket | None,
+                             progress: HydrateProgress, stop: threading.Event,
+                             report: HydrateReport) -> None:
+    """The device phase; a device that cannot be read is a problem of the report, which
+    keeps what the hot phase read."""
+    import asyncio
+
+    assert options.full_device
+    progress.phase("device", _device_size(options.full_device), 1)
+    try:
+        report.device = await asyncio.to_thread(
+            read_device, options.full_device, limiter, options.chunk, progress.read, stop)
+    except HydrateError as exc:
+        report.problems.append(str(exc))
+        log.warning("hydration: device not read", extra=fields(error=str(exc)))
+        return
+    _record("device", report.device)
+    progress.done("device", report.device)
 
 
 def check_block_device(path: str, what: str = "device") -> None:
