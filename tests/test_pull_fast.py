@@ -8,7 +8,6 @@ path cannot run."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import subprocess
 import time
@@ -16,8 +15,18 @@ from pathlib import Path
 
 import pytest
 from support.prewarm_helpers import desired
-from support.pull_compare import describe_tree, layer_dirs, tree_differences
 from support.pull_features import base_entries, feature_layers, upper_entries
+from support.pull_helpers import (
+    assert_nothing_of,
+    assert_same_layers,
+    blob_files,
+    corrupt_blob,
+    extra_containerd,
+    fast_pull,
+    labels_of,
+    push,
+    staged_files,
+)
 
 from nodeagent import metrics
 from nodeagent.containerd.client import ContainerdClient
@@ -37,7 +46,6 @@ from nodeagent.sandbox.featured import (
     layer_blob,
     sparse_tar,
 )
-from nodeagent.sandbox.push import push_images
 from nodeagent.sandbox.throttle import MiB, ThrottleProxy
 
 pytestmark = pytest.mark.containerd
@@ -45,76 +53,7 @@ pytestmark = pytest.mark.containerd
 
 @pytest.fixture
 def second_containerd(tmp_path: Path, containerd: PrivateContainerd):
-    """A second private containerd: the fast pull fills one, containerd's CRI the other."""
-    daemon = PrivateContainerd(tmp_path / "ctrd-fast")
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "", *,
-                    hosts_dir: str | None = None, hook=None) -> str:
-    """``hosts_dir``: another hosts.toml directory than containerd's; ``hook(puller)``
-    runs before the pull (to widen a race window)."""
-    async with ContainerdClient(containerd.address) as client:
-        setup = await check_fast_path(ContainerdStore(client), host_root)
-        if hosts_dir is not None:
-            setup.hosts_dir = hosts_dir
-        assert setup.staging.lock()
-        puller = FastPuller(client, setup)
-        if hook is not None:
-            hook(puller)
-        try:
-            return await puller.pull(parse_reference(ref), None, None)
-        finally:
-            await puller.close()
-            setup.staging.unlock()
-
-
-def push(registry, *images) -> list[str]:
-    push_images(registry.host, list(images))
-    return [image.ref(registry.host) for image in images]
-
-
-async def assert_same_layers(image, ours: PrivateContainerd, theirs: PrivateContainerd,
-                             since: float) -> None:
-    chains = chain_ids([layer.diff_id for layer in image.layers])
-    async with ContainerdClient(ours.address) as a, ContainerdClient(theirs.address) as b:
-        mine, reference = await layer_dirs(a, chains), await layer_dirs(b, chains)
-    problems = []
-    for chain in chains:
-        diffs = tree_differences(describe_tree(mine[chain], since),
-                                 describe_tree(reference[chain], since))
-        problems += [f"layer {chain[:19]}: {d}" for d in diffs]
-    assert not problems, "\n".join(problems[:40])
-
-
-def labels_of(containerd: PrivateContainerd, what: str) -> dict[str, dict[str, str]]:
-    """Every blob (by digest), snapshot (by key) or image record (by name) with its labels,
-    read through containerd's API (``ctr`` prints label maps in random order)."""
-    keys = [line.split()[0] for line in containerd.ctr(what, "ls").splitlines()[1:]
-            if line.strip()]
-
-    async def read() -> dict[str, dict[str, str]]:
-        async with ContainerdClient(containerd.address) as client:
-            store = ContainerdStore(client)
-            found: dict[str, dict[str, str]] = {}
-            for key in keys:
-                if what == "content":
-                    info = await store.content_info(key)
-                    found[key] = info.labels if info else {}
-                elif what == "snapshots":
-                    snap = await store.snapshot("overlayfs", key)
-                    found[key] = snap.labels if snap else {}
-                else:
-                    record = await client.get_image_record(key)
-                    found[key] = record.labels if record else {}
-            return found
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, read()).result()
+    yield from extra_containerd(tmp_path)
 
 
 # ----------------------------------------------------------------------------- equivalence
@@ -182,26 +121,6 @@ async def test_cri_sees_a_normal_image_and_never_unpacks_it_again(registry, cont
 
 
 # ----------------------------------------------------------------------------- refusals
-
-
-def corrupt_blob(registry, digest: str) -> None:
-    """Flip bytes of a stored blob (same size): the registry serves wrong bytes."""
-    hexd = digest.partition(":")[2]
-    data = registry.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
-    raw = bytearray(data.read_bytes())
-    for i in range(100, len(raw), 997):
-        raw[i] ^= 0x5A
-    data.write_bytes(bytes(raw))
-
-
-def assert_nothing_of(containerd: PrivateContainerd, image) -> None:
-    assert labels_of(containerd, "images") == {}
-    chains = set(chain_ids([layer.diff_id for layer in image.layers]))
-    deadline = time.monotonic() + 10
-    while chains & set(labels_of(containerd, "snapshots")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # containerd's GC runs shortly after the lease goes
-    assert not chains & set(labels_of(containerd, "snapshots"))
-    assert containerd.ctr("leases", "ls").splitlines()[1:] == []
 
 
 async def test_wrong_bytes_from_the_registry(fresh_registry, containerd, tmp_path):
@@ -336,14 +255,12 @@ async def test_kubelet_pulling_the_same_image_meanwhile(registry, containerd, se
     images = labels_of(containerd, "images")
     assert len(images) == 3 and images == labels_of(second_containerd, "images")
     assert labels_of(containerd, "content") == labels_of(second_containerd, "content")
-    blobs = containerd.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
-    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+    assert blob_files(containerd) == sorted(
         d.partition(":")[2] for d in labels_of(second_containerd, "content"))
     async with ContainerdClient(containerd.address) as client:
         assert await client.list_ingests() == []
     assert containerd.ctr("leases", "ls").splitlines()[1:] == []
-    staging = containerd.root / "nodeagent-pull"
-    assert [p for p in staging.rglob("*") if p.is_file() and p.name != "lock"] == []
+    assert staged_files(containerd) == []
     await assert_same_layers(image, containerd, second_containerd, since)
 
 
