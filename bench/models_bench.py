@@ -1,4 +1,5 @@
-"""Model cache benchmark: nodeagent vs `aws s3 cp --recursive` vs a boto3 download_file loop.
+"""Model cache benchmark: nodeagent vs `aws s3 cp --recursive`, a boto3 download_file loop,
+boto3's transfer manager and the AWS CRT client.
 
 A 2 GiB model (four 480 MiB shards uploaded as the AWS CLI does: 8 MiB parts, CRC32, plus
 small files) in moto S3, behind the throttling proxy capping each connection at 40 MiB/s
@@ -8,9 +9,11 @@ MiB/s, the share of the total cap, the contender's CPU-seconds and its peak RSS 
 wait4), plus the proxy's and moto's CPU. "On disk" adds a sync(2) after the exit:
 nodeagent fsyncs a model before publishing it, the others leave writeback to the kernel,
 so that column compares like with like. A last row measures moto's own ceiling: nodeagent
-straight to moto, no proxy. The report ends with nodeagent's speed-up over both other
-tools and the issue's targets (>=2x `aws s3 cp`, >=85% of the total cap, peak RSS
-<=150 MiB), each "met" or "MISSED" with its figure.
+straight to moto, no proxy. The report ends with nodeagent's speed-up over each other
+tool and the issue's targets (>=2x `aws s3 cp`, >=85% of the total cap, peak RSS
+<=150 MiB), each "met" or "MISSED" with its figure. The transfer manager (16 threads)
+and the CRT client (awscrt's S3 client through s3transfer.crt, the total cap as its
+target throughput) are what nodeagent's own ranged GETs were chosen against (s3.py).
 
 moto answers a ranged GET by reading the whole object and slicing it (its S3 responses
 `_handle_range_header`), so 8 MiB ranges of a 480 MiB object cost it 480 MiB each: stock
@@ -21,7 +24,7 @@ virtualenv of its own under the work dir. moto's data stays in the page cache be
 runs (as S3's would be warm); the destination is emptied and synced before each run.
 
     .venv/bin/python bench/models_bench.py [--runs 1]
-        [--only nodeagent,nofsync,awscli,boto3,ceiling]
+        [--only nodeagent,nofsync,awscli,boto3,transfer,crt,ceiling]
 """
 
 from __future__ import annotations
@@ -61,6 +64,39 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket="models", Prefix
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file("models", obj["Key"], path)
 """
+
+# Every object submitted at once to one manager (``{manager}``), as `aws s3 cp` does.
+DOWNLOAD_ALL = """
+import os, sys, boto3, botocore.session
+{setup}
+s3 = boto3.client("s3")
+keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+    Bucket="models", Prefix="llm/") for o in page.get("Contents", [])]
+with {manager} as manager:
+    futures = []
+    for key in keys:
+        path = os.path.join(sys.argv[1], key[len("llm/"):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        futures.append(manager.download("models", key, path))
+    for future in futures:
+        future.result()
+"""
+TRANSFER_MANAGER = DOWNLOAD_ALL.format(  # boto3's transfer manager, 16 threads
+    setup="from boto3.s3.transfer import TransferConfig, create_transfer_manager",
+    manager='create_transfer_manager(s3, TransferConfig(max_concurrency=16, '
+            'preferred_transfer_client="classic"))')
+# The AWS CRT client (awscrt's S3 client through s3transfer.crt) with the total cap as its
+# target throughput; boto3's own CRT path would ignore the custom endpoint.
+CRT_CLIENT = DOWNLOAD_ALL.format(setup="""
+from s3transfer import crt
+session = botocore.session.Session()
+provider = crt.BotocoreCRTCredentialsWrapper(session.get_credentials())
+client = crt.create_s3_crt_client("us-east-1", use_ssl=False,
+    crt_credentials_provider=provider.to_crt_credentials_provider(),
+    target_throughput=int(sys.argv[2]))
+serializer = crt.BotocoreCRTRequestSerializer(session, {
+    "endpoint_url": os.environ["AWS_ENDPOINT_URL_S3"], "region_name": "us-east-1"})
+""", manager="crt.CRTTransferManager(client, serializer)")
 
 
 def patch_moto_ranges() -> None:
@@ -164,7 +200,8 @@ def verdicts(runs: list[Run], cap_mibps: float) -> list[str]:
         return "met" if ok else "MISSED"
 
     lines = []
-    for name in ("aws s3 cp --recursive", "boto3 download_file loop"):
+    for name in ("aws s3 cp --recursive", "boto3 download_file loop",
+                 "boto3 transfer manager, 16 threads", "AWS CRT client (s3transfer.crt)"):
         other = by_name.get(name)
         lines.append(f"nodeagent vs {name}: " + (
             f"{other.wall_s / ours.wall_s:.2f}x ({other.wall_s:.1f} s / {ours.wall_s:.1f} s)"
@@ -287,7 +324,7 @@ def main() -> int:
     p.add_argument("--per-connection-mibps", type=float, default=40)
     p.add_argument("--total-mibps", type=float, default=400)
     p.add_argument("--runs", type=int, default=1, help="runs per contender (best is shown)")
-    p.add_argument("--only", default="nodeagent,nofsync,awscli,boto3,ceiling")
+    p.add_argument("--only", default="nodeagent,nofsync,awscli,boto3,transfer,crt,ceiling")
     args = p.parse_args()
     if args.serve_moto:
         serve_moto(args.stock_moto)
@@ -304,17 +341,19 @@ def main() -> int:
         print(f"uploading {args.shards} x {args.shard_mib} MiB + small files to moto ...",
               file=sys.stderr)
         total = upload_model(moto_url, args.shards, args.shard_mib, workdir)
-        contenders = {
-            "nodeagent": [sys.executable, "-c", NODEAGENT, "{dest}"],
-            "nofsync": [sys.executable, "-c", NODEAGENT, "{dest}", "--no-fsync"],
-            "awscli": [str(aws), "s3", "cp", "--recursive", "--quiet", f"s3://{BUCKET}/{PREFIX}",
-                       "{dest}"],
-            "boto3": [sys.executable, "-c", BOTO3_LOOP, "{dest}"],
+        py = [sys.executable, "-c"]
+        contenders = {  # key: (name, argv)
+            "nodeagent": ("nodeagent models", [*py, NODEAGENT, "{dest}"]),
+            "nofsync": ("nodeagent, durable=False", [*py, NODEAGENT, "{dest}", "--no-fsync"]),
+            "awscli": ("aws s3 cp --recursive", [str(aws), "s3", "cp", "--recursive",
+                                                 "--quiet", f"s3://{BUCKET}/{PREFIX}", "{dest}"]),
+            "boto3": ("boto3 download_file loop", [*py, BOTO3_LOOP, "{dest}"]),
+            "transfer": ("boto3 transfer manager, 16 threads", [*py, TRANSFER_MANAGER, "{dest}"]),
+            "crt": ("AWS CRT client (s3transfer.crt)",
+                    [*py, CRT_CLIENT, "{dest}", str(int(args.total_mibps * MiB))]),
         }
-        names = {"nodeagent": "nodeagent models", "nofsync": "nodeagent, durable=False",
-                 "awscli": "aws s3 cp --recursive",
-                 "boto3": "boto3 download_file loop"}
         for key in [k for k in contenders if k in wanted]:
+            name, argv = contenders[key]
             best = None
             for _ in range(args.runs):
                 proxy, proxy_url = start_line_process(
@@ -324,9 +363,8 @@ def main() -> int:
                 env = {**os.environ, **CREDS, "AWS_ENDPOINT_URL_S3": proxy_url,
                        "AWS_ENDPOINT_URL": proxy_url}
                 dest = workdir / "dest"
-                run = measure(names[key], [a.replace("{dest}", str(dest))
-                                           for a in contenders[key]], env, dest, total,
-                              dest / "llm" if key in ("nodeagent", "nofsync") else dest)
+                run = measure(name, [a.replace("{dest}", str(dest)) for a in argv], env, dest,
+                              total, dest / "llm" if key in ("nodeagent", "nofsync") else dest)
                 run.proxy_cpu_s = float(stop_line_process(proxy).rsplit("cpu_seconds=", 1)[1])
                 print(run.row(args.total_mibps), file=sys.stderr)
                 best = run if best is None or run.wall_s < best.wall_s else best
