@@ -248,3 +248,37 @@ def test_zone_names_and_ids_are_checked_against_the_region(aws: AwsClients,
     with pytest.raises(UsageError, match=r"us-west-2a: not a zone of region us-east-1"):
         check_zones(aws.ec2, aws.region, ["us-west-2a"])
     assert proxy.actions() == ["DescribeAvailabilityZones"] * 2
+
+
+def test_a_snapshot_whose_create_answer_was_lost_is_found_and_finished(
+        aws: AwsClients, proxy: AwsProxy, direct: dict, volume_id: str,
+        xfs: LoopMount) -> None:
+    from dataclasses import replace
+
+    from nodeagent.snapshot import tags as T
+
+    # EC2 took the snapshot, but what came back could not be read (a proxy in the way).
+    taken = direct["ec2"].create_snapshot(VolumeId=volume_id, TagSpecifications=[{
+        "ResourceType": "snapshot",
+        "Tags": [{"Key": T.REQUEST_ID, "Value": "req-lost-answer"}]}])["SnapshotId"]
+    proxy.respond("CreateSnapshot", 200, b"<html>gateway</html>")
+    req = workflow.CreateRequest(volume_id=volume_id,
+                                 metadata=replace(metadata(), request_id="req-lost-answer"),
+                                 freeze_path=str(xfs.mount_point), poll_s=0.02,
+                                 ssm_parameter=PARAM)
+    result = workflow.create(aws, req)
+    assert result.snapshot_id == taken and result.complete
+    assert parameter(direct) == taken
+    (xfs.mount_point / "thawed").write_text("ok")
+
+
+def test_a_failed_create_with_no_snapshot_in_ec2_is_still_an_error(
+        aws: AwsClients, proxy: AwsProxy, direct: dict, volume_id: str) -> None:
+    from nodeagent.snapshot.ec2 import AwsError
+
+    proxy.respond("CreateSnapshot", 200, b"<html>gateway</html>")
+    req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None)
+    with pytest.raises(AwsError, match=r"CreateSnapshot of vol-\w+: unexpected failure or "
+                                       r"answer \(KeyError: 'SnapshotId'\)"):  # parsed, empty
+        workflow.create(aws, req)
+    assert ours(direct, volume_id) == []

@@ -114,18 +114,43 @@ def _start_snapshot(aws: E.AwsClients, req: CreateRequest, result: CreateResult)
     result.consistency = "crash" if req.freeze_path is None else "frozen"
     tags = T.build_tags(replace(req.metadata, consistency=result.consistency), req.name)
     if req.freeze_path is None:
-        result.snapshot_id = E.create_snapshot(fast, req.volume_id, req.description, tags)
+        result.snapshot_id = _create_or_find(aws, req, _create_call(fast, req, tags))
         return
     # No logging in the window: stderr may be a file on the frozen filesystem.
     with frozen(req.freeze_path, req.max_freeze_s) as window:
-        result.snapshot_id = E.create_snapshot(fast, req.volume_id, req.description, tags)
+        outcome = _create_call(fast, req, tags)
     result.freeze_seconds = window.frozen_seconds
+    result.snapshot_id = _create_or_find(aws, req, outcome)
     if window.thawed_by_watchdog:
         log.warning("freeze window overran; the watchdog thawed the filesystem early: the "
                     "snapshot is crash-consistent", extra=fields(
                         snapshot_id=result.snapshot_id, max_freeze_s=req.max_freeze_s))
         result.consistency = "crash"
         _attempt(result, "consistency-tag", lambda: _retag_crash(fast, result.snapshot_id))
+
+
+def _create_call(ec2: Any, req: CreateRequest, tags: list[dict[str, str]]) -> str | E.AwsError:
+    try:
+        return E.create_snapshot(ec2, req.volume_id, req.description, tags)
+    except E.AwsError as exc:  # looked into after the thaw
+        return exc
+
+
+def _create_or_find(aws: E.AwsClients, req: CreateRequest, outcome: str | E.AwsError) -> str:
+    """The new snapshot's id. When CreateSnapshot failed, its request may still have
+    reached EC2 (an answer lost or unparsable): the snapshot is then found by our request
+    id, so it is neither lost nor left unreported; else the failure stands."""
+    if isinstance(outcome, str):
+        return outcome
+    try:
+        found = E.snapshots_with_request_id(aws.ec2, req.metadata.request_id)
+    except NodeagentError:
+        found = []
+    if not found:
+        raise outcome
+    log.warning("CreateSnapshot failed, but EC2 has the snapshot: going on with it",
+                extra=fields(snapshot_id=found[0], error=str(outcome)))
+    return found[0]
 
 
 def _retag_crash(ec2: Any, snapshot_id: str) -> str:
