@@ -193,9 +193,10 @@ _PULL_ADVICE = {
 
 
 def pull_error_message(image: str, reason: str, details: str,
-                       said_by: str = "containerd") -> str:
-    """One wording for every failed pull, whichever path took it (``said_by``)."""
-    advice = _PULL_ADVICE.get(reason, _PULL_ADVICE["other"])
+                       said_by: str = "containerd", advice: str | None = None) -> str:
+    """One wording for every failed pull, whichever path took it (``said_by``);
+    ``advice`` replaces the reason's usual one."""
+    advice = advice or _PULL_ADVICE.get(reason, _PULL_ADVICE["other"])
     return f"pull of image {image} failed ({reason}): {advice}. {said_by} said: {details}"
 
 

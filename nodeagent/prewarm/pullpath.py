@@ -150,6 +150,7 @@ def _result(task: asyncio.Task[str], image: DesiredImage, auth: AuthConfig | Non
     """The image id, or the fast path's failure as the engine's ImagePullError (worded
     like a CRI pull's)."""
     ref = str(image.reference)
+    advice = None
     try:
         return task.result()
     except Unsupported:
@@ -158,9 +159,15 @@ def _result(task: asyncio.Task[str], image: DesiredImage, auth: AuthConfig | Non
         reason, details = exc.reason, str(exc)
     except UnpackError as exc:
         reason, details = "other", str(exc)
+        advice = _WRONG_BLOB if exc.bad_blob else _BAD_LAYER
     except OSError as exc:
         reason = "no_space" if exc.errno == errno.ENOSPC else "other"
         details = exc.strerror or str(exc)
     details = redact_text(scrub(details, auth))
-    raise ImagePullError(pull_error_message(ref, reason, details, "the fast pull"),
+    raise ImagePullError(pull_error_message(ref, reason, details, "the fast pull", advice),
                          image=ref, reason=reason) from None
+
+
+_WRONG_BLOB = ("the registry (or a mirror or proxy on the way) sent a layer whose bytes do "
+               "not match the manifest; nothing of it was kept")
+_BAD_LAYER = "nodeagent could not unpack a layer; nothing of it was kept"

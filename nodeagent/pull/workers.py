@@ -126,12 +126,14 @@ class UnpackPool:
     async def unpack(self, job: UnpackJob, progress: UnpackProgress) -> UnpackResult:
         async with self._slots.hold(job.size):
             worker = self._idle.pop() if self._idle else await self._start()
+            running = asyncio.ensure_future(worker.run(job, progress.path))
             try:
-                result = await asyncio.shield(asyncio.ensure_future(
-                    worker.run(job, progress.path)))
+                result = await asyncio.shield(running)
             except asyncio.CancelledError:
                 progress.cancel()  # the worker stops at its next piece; not reused
                 self._retire(worker)
+                # Killed mid-job, it ends with a broken pipe nobody waits for: take it.
+                running.add_done_callback(lambda task: task.cancelled() or task.exception())
                 raise
             except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
                 self._retire(worker)
