@@ -14,7 +14,7 @@ from nodeagent.containerd.client import ContainerdClient
 from nodeagent.containerd.store import ContainerdStore
 from nodeagent.pull.plan import chain_ids
 from nodeagent.pull.preconditions import check_fast_path
-from nodeagent.pull.puller import FastPuller
+from nodeagent.pull.puller import FastPuller, PullOptions
 from nodeagent.registry.reference import parse_reference
 from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.sandbox.push import push_images
@@ -33,7 +33,8 @@ def extra_containerd(tmp_path: Path) -> Iterator[PrivateContainerd]:
 
 
 async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "", *,
-                    hosts_dir: str | None = None, hook=None) -> str:
+                    hosts_dir: str | None = None, hook=None,
+                    options: PullOptions | None = None) -> str:
     """``hosts_dir``: another hosts.toml directory than containerd's; ``hook(puller)``
     runs before the pull (to widen a race window)."""
     async with ContainerdClient(containerd.address) as client:
@@ -41,7 +42,7 @@ async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = ""
         if hosts_dir is not None:
             setup.hosts_dir = hosts_dir
         assert setup.staging.lock()
-        puller = FastPuller(client, setup)
+        puller = FastPuller(client, setup, options)
         if hook is not None:
             hook(puller)
         try:
