@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from support.agent_helpers import (
+    FAST_ENGINE,
     GROUP,
     add_node,
     agent_config,
@@ -106,13 +107,15 @@ def blob_gets(registry: LocalRegistry, digests: set[str], start: int = 0) -> dic
     return counts
 
 
+@pytest.mark.parametrize("pull_path", ["fast", "cri"])
 async def test_seeds_pull_first_then_the_others_at_once_through_the_cache(
-        api, tmp_path, registry, fresh_registry, image_pusher):
+        api, tmp_path, registry, fresh_registry, image_pusher, pull_path):
     """Four agents, limit 1, seed wave 2. The image whose registry has a pull-through
     cache in hosts.toml: the two seeds pull one after the other while the others wait,
     then the two others pull at the same time, from the cache (the upstream serves no
     blob after the first seed). An image of a registry without a mirror keeps the plain
-    limit: one node at a time."""
+    limit: one node at a time. Both pull paths read hosts.toml: nodeagent's fast pull and
+    containerd's own (CRI PullImage)."""
     upstream = fresh_registry
     seeded = image_pusher("seeded", sizes=[1 << 20, 512 << 10], registry=upstream)
     layers = {layer.digest for layer in seeded.image.layers}
@@ -133,9 +136,11 @@ async def test_seeds_pull_first_then_the_others_at_once_through_the_cache(
         async with contextlib.AsyncExitStack() as stack:
             runs = []
             for i, daemon in enumerate(daemons):
-                config = agent_config(f"n{i}", daemon.address, rollout_limit=1,
-                                      rollout_seed_nodes=2, lease_namespace=NS,
-                                      lease_duration_s=5)
+                engine = EngineConfig(**FAST_ENGINE, max_retries=2, high_water_percent=100,
+                                      pull_path=pull_path)
+                config = agent_config(f"n{i}", daemon.address, engine=engine,
+                                      rollout_limit=1, rollout_seed_nodes=2,
+                                      lease_namespace=NS, lease_duration_s=5)
                 run = await stack.enter_async_context(running_agent(api, config))
                 run.agent.engine.pull_gate = log.wrap(
                     run.agent.engine.pull_gate, f"n{i}", lambda: len(upstream.access_log()))
@@ -145,6 +150,14 @@ async def test_seeds_pull_first_then_the_others_at_once_through_the_cache(
                 await eventually(
                     lambda run=run: _has(run.containerd, {seeded.digest, plain.digest}),
                     timeout=90, what=f"{run.agent.config.node_name} pulled both images")
+
+            def paths() -> set[str | None]:
+                return {state.pull_path for run in runs
+                        for state in run.agent.engine.snapshot().values()}
+
+            # the pin lands in containerd a moment before the engine records the path
+            await eventually(lambda: None not in paths(), timeout=5, what="pulls recorded")
+            assert paths() == {pull_path}
     finally:
         to_cache.close()
         to_plain.close()
