@@ -8,10 +8,12 @@ checked once, on the first pull; an image's own (media types) on each.
 
 Bytes fetched reach ``nodeagent_prewarm_pulled_bytes`` as for CRI pulls (the ingest
 monitor credits each layer once it is in the content store); bytes unpacked go to
-``nodeagent_prewarm_unpacked_bytes``. Either way the pull is watched: a download that
-brings no byte for the stall timeout is cancelled (``Stalled``) and retried by the
-engine. Fast-path errors are classified like CRI's (auth, not_found,
-registry_unreachable, no_space, other), so retries, metrics and messages stay the same.
+``nodeagent_prewarm_unpacked_bytes``. Either way the pull is watched: a fast pull during
+which nothing moves for the stall timeout (no byte fetched, unpacked or handed to
+containerd, for the image itself or for a layer it waits on another image to pull) is
+cancelled (``Stalled``) and retried by the engine. Fast-path errors are classified like
+CRI's (auth, not_found, registry_unreachable, no_space, other), so retries, metrics and
+messages stay the same.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class PullPath:
             return
         self._puller = FastPuller(self.client, setup, self.options)
         log.info("fast pull enabled", extra=fields(
-            snapshotter_root=setup.snapshot_root, hosts_dir=setup.hosts_dir or ""))
+            snapshotter_root=setup.snapshot_root, hosts_dir=setup.hosts_dir or "",
+            content_sharing="shared" if setup.shared_content else "isolated (blobs streamed)"))
 
     def _fall_back(self, image: DesiredImage, code: str, why: str) -> None:
         if self.mode == "fast":
@@ -129,14 +132,17 @@ class PullPath:
         live = PullProgress()
         task = asyncio.create_task(puller.pull(image.reference, auth, image.platform, live))
         progress.reset_clock(time.monotonic())
+        work, moved = live.work(), time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=self.poll_s)
-                progress.advance(live.fetched, live.unpacked, time.monotonic())
+                now = time.monotonic()
+                progress.advance(live.fetched, live.unpacked, now)
                 if done:
                     return _result(task, image, auth)
-                if live.phase == "downloading" and progress.stalled(
-                        time.monotonic(), self.stall_timeout_s):
+                if live.work() != work:
+                    work, moved = live.work(), now
+                elif live.phase == "downloading" and now - moved > self.stall_timeout_s:
                     raise apply.Stalled()
         finally:
             if not task.done():

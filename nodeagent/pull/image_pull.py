@@ -25,7 +25,7 @@ from nodeagent.pull.commit import commit_layer
 from nodeagent.pull.content import store_document, store_layer_blob, sync_file
 from nodeagent.pull.fetch import BlobFetcher, BlobSource
 from nodeagent.pull.preconditions import FastPathSetup
-from nodeagent.pull.sharing import Sharing, StagedBlob
+from nodeagent.pull.sharing import LayerWork, Sharing, StagedBlob
 from nodeagent.pull.unpack import UnpackError, UnpackJob, UnpackResult
 from nodeagent.pull.watermark import Watermark
 from nodeagent.pull.workers import UnpackPool, UnpackProgress
@@ -43,11 +43,19 @@ class PullProgress:
     total: int = 0  # compressed bytes of the image's layers
     fetched: int = 0  # compressed bytes on disk (layers present at the start included)
     unpacked_done: int = 0  # uncompressed bytes of finished layers
+    stored: int = 0  # bytes streamed to containerd's content service (isolated policy)
     _unpacking: dict[str, UnpackProgress] = field(default_factory=dict, repr=False)
+    _waiting: dict[str, LayerWork] = field(default_factory=dict, repr=False)
 
     @property
     def unpacked(self) -> int:
         return self.unpacked_done + sum(u.read()[1] for u in self._unpacking.values())
+
+    def work(self) -> int:
+        """Grows while anything moves for this image, including the layers it waits for
+        another image to pull: what stall detection watches."""
+        return (self.fetched + self.unpacked + self.stored
+                + sum(work.amount() for work in self._waiting.values()))
 
 
 @dataclass
@@ -93,6 +101,7 @@ class ImagePull:
                 owned[layer.chain_id] = asyncio.create_task(self._unpack(layer))
             else:
                 others[layer.chain_id] = future
+                self.progress._waiting[layer.chain_id] = self.sharing.work(layer.chain_id)
         try:
             for layer in missing:  # chain order: a layer's parent is committed before it
                 await self._settle(layer, owned, others)
@@ -111,6 +120,7 @@ class ImagePull:
         if chain in others:
             await asyncio.shield(others[chain])  # another image commits it
             self.progress.fetched += layer.blob.size
+            self.progress._waiting.pop(chain, None)
             return
         unpacked = await owned[chain]
         try:
@@ -136,17 +146,19 @@ class ImagePull:
 
     async def _unpack(self, layer: p.LayerPlan) -> _Unpacked:
         staging, digest = self.setup.staging, layer.blob.digest
-        in_store = (await self.store.content_info(digest) is not None
-                    or os.path.exists(staging.stored_blob(digest)))
-        staged = None if in_store else self.sharing.acquire(digest, self._fetcher(layer))
+        work = self.sharing.work(layer.chain_id)
+        in_store = await self.store.content_info(digest) is not None or (
+            self.setup.shared_content and os.path.exists(staging.stored_blob(digest)))
+        staged = None if in_store else self.sharing.acquire(digest, self._fetcher(layer, work))
         blob = staging.stored_blob(digest) if staged is None else staged.path
         target = staging.new_unpack_dir(layer.chain_id)
         job = UnpackJob(blob, layer.blob.size, digest, layer.diff_id, target, layer.overlay,
                         staged.watermark.path if staged else None)
         progress = UnpackProgress(f"{staging.blob(digest)}.{uuid.uuid4().hex[:8]}.progress")
-        self.progress._unpacking[progress.path] = progress
+        self.progress._unpacking[progress.path] = work.unpacking = progress
         try:
             result = await self._fetch_and_unpack(job, staged, progress)
+            work.unpacked = result.unpacked_bytes
         except BaseException as exc:
             shutil.rmtree(target, ignore_errors=True)
             if staged is not None:
@@ -155,6 +167,7 @@ class ImagePull:
             raise
         finally:
             self.progress._unpacking.pop(progress.path, None)
+            work.unpacking = None
             progress.close()
         if staged is None:
             self.progress.fetched += layer.blob.size
@@ -165,9 +178,13 @@ class ImagePull:
             fetched=staged is not None))
         return _Unpacked(layer, result, staged)
 
-    def _fetcher(self, layer: p.LayerPlan):  # type: ignore[no-untyped-def]
+    def _fetcher(self, layer: p.LayerPlan, work: LayerWork):  # type: ignore[no-untyped-def]
+        def fetched(count: int) -> None:
+            self.progress.fetched += count
+            work.fetched += count
+
         async def fetch(path: str, watermark: Watermark) -> None:
-            await self.tools.fetcher.fetch(self._source(layer), path, watermark, self._fetched)
+            await self.tools.fetcher.fetch(self._source(layer), path, watermark, fetched)
         return fetch
 
     async def _fetch_and_unpack(self, job: UnpackJob, staged: StagedBlob | None,
@@ -189,9 +206,6 @@ class ImagePull:
                 unpack.cancel()
                 with contextlib.suppress(BaseException):
                     await unpack
-
-    def _fetched(self, count: int) -> None:
-        self.progress.fetched += count
 
     def _source(self, layer: p.LayerPlan) -> BlobSource:
         reference = self.plan.reference
@@ -233,10 +247,15 @@ class ImagePull:
                           **await self._source_label(layer.blob.digest)}
                 await store_layer_blob(self.store, self.setup, layer.blob.digest,
                                        layer.blob.size, staged.path if staged else None,
-                                       labels, self.lease)
+                                       labels, self.lease, self._stored)
+            if staged is not None:
+                staged.registered = True
         finally:
             if staged is not None:
                 await self.sharing.release(staged)
+
+    def _stored(self, count: int) -> None:
+        self.progress.stored += count
 
     # -- documents and records
 

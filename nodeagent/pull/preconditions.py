@@ -6,7 +6,8 @@ snapshotter's and content store's directories reachable from where nodeagent run
 node's root, or the host mounted at ``host_root`` in the DaemonSet), proven by preparing
 a throwaway snapshot and finding its directory, and no user namespace (there containerd
 applies layers differently). Any miss is a reason, logged and counted, and pulls go
-through CRI ``PullImage`` as before.
+through CRI ``PullImage`` as before. The content sharing policy is read too: with
+``isolated`` blobs are streamed to containerd instead of linked (``content``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class FastPathSetup:
     hosts_dir: str | None  # CRI's registry config_path, as we see it
     discard_unpacked_layers: bool
     staging: Staging
+    shared_content: bool = True  # containerd's content sharing policy is "shared"
 
     def view(self, path: str) -> str:
         """A path containerd reports, as this process sees it."""
@@ -59,6 +61,7 @@ async def check_fast_path(store: ContainerdStore, host_root: str = "") -> FastPa
         snapshot_exports = await store.plugin_exports("io.containerd.snapshotter.v1",
                                                       cri.snapshotter or SNAPSHOTTER)
         content_exports = await store.plugin_exports("io.containerd.content.v1", "content")
+        metadata_exports = await store.plugin_exports("io.containerd.metadata.v1", "bolt")
     except ContainerdError as exc:
         raise FastPathUnavailable(f"cannot read containerd's configuration: {exc}",
                                   "containerd_config") from None
@@ -76,7 +79,8 @@ async def check_fast_path(store: ContainerdStore, host_root: str = "") -> FastPa
         SNAPSHOTTER, snapshot_root, content_root, host_root,
         view_path(host_root, cri.config_path) if cri.config_path else None,
         cri.discard_unpacked_layers,
-        Staging(view_path(host_root, content_root), view_path(host_root, snapshot_root)))
+        Staging(view_path(host_root, content_root), view_path(host_root, snapshot_root)),
+        shared_content=(metadata_exports or {}).get("policy", "shared") != "isolated")
     await _probe(store, setup)
     problem = setup.staging.problem()
     if problem:

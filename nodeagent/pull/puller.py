@@ -65,6 +65,7 @@ class FastPuller:
     async def close(self) -> None:
         await self.session.close()
         await self.pool.close()
+        self.sharing.discard_kept()
 
     async def resolve(self, reference: ImageReference, auth: AuthConfig | None,
                       platform: str | None) -> ResolvedImage:

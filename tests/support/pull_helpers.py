@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.containerd.store import ContainerdStore
+from nodeagent.pull.image_pull import PullProgress
 from nodeagent.pull.plan import chain_ids
 from nodeagent.pull.preconditions import check_fast_path
 from nodeagent.pull.puller import FastPuller, PullOptions
@@ -34,7 +35,8 @@ def extra_containerd(tmp_path: Path) -> Iterator[PrivateContainerd]:
 
 async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = "", *,
                     hosts_dir: str | None = None, hook=None,
-                    options: PullOptions | None = None) -> str:
+                    options: PullOptions | None = None,
+                    progress: PullProgress | None = None) -> str:
     """``hosts_dir``: another hosts.toml directory than containerd's; ``hook(puller)``
     runs before the pull (to widen a race window)."""
     async with ContainerdClient(containerd.address) as client:
@@ -46,7 +48,7 @@ async def fast_pull(containerd: PrivateContainerd, ref: str, host_root: str = ""
         if hook is not None:
             hook(puller)
         try:
-            return await puller.pull(parse_reference(ref), None, None)
+            return await puller.pull(parse_reference(ref), None, None, progress)
         finally:
             await puller.close()
             setup.staging.unlock()
