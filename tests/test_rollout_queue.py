@@ -97,6 +97,22 @@ def test_a_seed_that_left_is_replaced_and_a_wave_nobody_fills_ends():
     assert rp.plan(state(done), limit=1, duration_s=30, now=0).idle
 
 
+def test_a_tag_moved_to_new_layers_is_seeded_again():
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+    old_wave = rp.Coordinator("node-0", "50", 30.0, 0, wall, seeds_content="A")
+    assert rp.seeds_done(old_wave, wall, 3600, "A") and rp.seeds_done(old_wave, wall, 3600)
+    assert not rp.seeds_done(old_wave, wall, 3600, "B")  # the mirror lacks B's layers
+    queue = [ticket(0, mirrored=True, seed_wave=1, content="A"),
+             *(ticket(i, mirrored=True, seed_wave=1, content="B") for i in (1, 2))]
+    plan = rp.plan(state(queue, old_wave, seeds_done=True), limit=2, duration_s=30, now=0)
+    assert [t.name for t in plan.grants] == ["t1"]  # t0 needs no slot; t1 seeds B, t2 waits
+    done = [ticket(1, mirrored=True, seed_wave=1, content="B", done=True, granted=True),
+            ticket(2, mirrored=True, seed_wave=1, content="B")]
+    plan = rp.plan(state(done, old_wave, seeds_done=True), limit=2, duration_s=30, now=1)
+    assert plan.mark_seeds_done and plan.seeds_content == "B"
+    assert [t.name for t in plan.remove] == ["t1"] and plan.grants == []  # t2: the mirror
+
+
 def test_coordinator_vacancy_by_own_clock():
     clock = rp.VersionClock()
     coord = coordinator()

@@ -301,6 +301,49 @@ async def test_a_seed_that_fails_hands_the_seed_role_to_the_next_node(api):
         assert set(api.counts(since=before)) == {("watch", "leases")}
 
 
+async def test_a_tag_moved_to_new_layers_needs_seeds_again(api):
+    """The seeds pulled content A; when the tag moves to B, a node that wants B waits for a
+    slot (the mirror does not have B yet) while a node that still pulls A goes at once."""
+    image = "mirror.local/ml/moving:latest"
+    async with limiters(api, 3, limit=1, seed_wave=1) as (first, late_a, late_b):
+        pulls = Pulls()
+        await asyncio.wait_for(pulls.pull(first, image, 0.1, mirrored=True, content="A"), 10)
+        holding = asyncio.Event()
+
+        async def seed_b() -> None:
+            async with late_b.gate(image, mirrored=True, content="B"):
+                holding.set()
+                await asyncio.sleep(0.5)
+
+        b = asyncio.create_task(seed_b())
+        await asyncio.wait_for(holding.wait(), 10)
+        assert rp.ticket_name(image, late_b.holder) in {
+            lease["metadata"]["name"] for lease in api.list(*LEASES)}  # B took a slot
+        before = time.monotonic()
+        await asyncio.wait_for(pulls.pull(late_a, image, 0.0, mirrored=True, content="A"), 5)
+        assert set(api.counts(since=before)) == {("watch", "leases")}  # A: no ticket
+        await asyncio.wait_for(b, 10)
+        await eventually(lambda: (api.get("leases", rp.coordinator_name(image), NS,
+                                          "coordination.k8s.io")["metadata"]["annotations"]
+                                  .get(rp.SEEDS_CONTENT)) == "B", timeout=5,
+                         what="the wave for B recorded")
+
+
+async def test_seeds_that_finish_with_nobody_waiting_still_open_the_gate(api):
+    """The last seed finishes when no other node waits: the coordinator records the wave
+    as it steps down, so a node that comes later goes through the mirror at once."""
+    image = "mirror.local/ml/quiet:4"
+    async with limiters(api, 3, limit=2, seed_wave=2) as (one, two, later):
+        pulls = Pulls()
+        await asyncio.wait_for(asyncio.gather(
+            *(pulls.pull(lim, image, 0.3, mirrored=True) for lim in (one, two))), 20)
+        await eventually(lambda: not api.list(*LEASES)[0]["spec"].get("holderIdentity")
+                         and len(api.list(*LEASES)) == 1, timeout=5, what="step down")
+        before = time.monotonic()
+        await asyncio.wait_for(pulls.pull(later, image, 0.0, mirrored=True), 5)
+        assert set(api.counts(since=before)) == {("watch", "leases")}  # no ticket
+
+
 async def test_a_wave_nobody_fills_ends_and_the_coordinator_steps_down(api):
     """Seed wave 3 but only two nodes want the image: both pull as seeds, then their
     records go and the coordinator steps down (no Lease renewed for ever)."""

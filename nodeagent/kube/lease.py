@@ -62,12 +62,14 @@ class RolloutLimiter:
         default_factory=dict, repr=False)
 
     @contextlib.asynccontextmanager
-    async def gate(self, image: str, *, mirrored: bool = False,
-                   seed_wave: int | None = None) -> AsyncIterator[None]:
+    async def gate(self, image: str, *, mirrored: bool = False, seed_wave: int | None = None,
+                   content: str = "") -> AsyncIterator[None]:
+        """``content``: an opaque name of what is pulled (a tag moved to new layers is a
+        new seed wave); "" when unknown."""
         started = self.clock()
         wave = self.seed_wave_for(seed_wave)
         mirrored = mirrored and wave > 0
-        waiter = _Waiter(self, image, mirrored, wave)
+        waiter = _Waiter(self, image, mirrored, wave, content)
         ticket = await waiter.wait_turn()
         metrics.ROLLOUT_LEASE_WAIT.observe(self.clock() - started)
         if ticket is None:  # a mirrored image whose seeds are done: no slot needed
@@ -143,11 +145,12 @@ class _Waiter:
     """One node waiting for its turn to pull one image."""
 
     def __init__(self, limiter: RolloutLimiter, image: str, mirrored: bool,
-                 seed_wave: int) -> None:
+                 seed_wave: int, content: str) -> None:
         from lightkube import operators
 
         self.limiter, self.image, self.mirrored, self.seed_wave = (
             limiter, image, mirrored, seed_wave)
+        self.content = content
         self.ticket_name = rp.ticket_name(image, limiter.holder)
         self.coordinator_name = rp.coordinator_name(image)
         self.changed = asyncio.Event()
@@ -196,7 +199,7 @@ class _Waiter:
                     log.info("rollout slot granted", extra=fields(image=self.image))
                 return ticket
             if self.mirrored and rp.seeds_done(coordinator, rl.wall_now(),
-                                               self.limiter.seeds_ttl_s):
+                                               self.limiter.seeds_ttl_s, self.content):
                 await self._delete()
                 self._log_through_mirror()
                 return None
@@ -221,7 +224,7 @@ class _Waiter:
             lease = self.watch.items.get(self.coordinator_name)
             if lease is not None:
                 return rp.seeds_done(rl.to_coordinator(lease), rl.wall_now(),
-                                     self.limiter.seeds_ttl_s)
+                                     self.limiter.seeds_ttl_s, self.content)
             # no ticket to tell when the watch is live: a longer bound, then the queue
             deadline = self.watch.started_at + 2 * self.limiter.discovery_s
             if clock() >= deadline:
@@ -236,7 +239,7 @@ class _Waiter:
         limiter = self.limiter
         lease = rl.new_ticket(self.image, limiter.namespace, limiter.holder,
                               limiter.lease_duration_s, mirrored=self.mirrored,
-                              seed_wave=self.seed_wave)
+                              seed_wave=self.seed_wave, content=self.content)
         errors = limiter.backoff()
         while True:
             try:

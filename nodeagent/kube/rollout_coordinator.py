@@ -113,7 +113,7 @@ class QueueCoordinator:
         for ticket in plan.remove:
             await self._remove(ticket)
         if plan.idle:
-            await self._release()
+            await self._release(plan)  # with the wave it may just have finished
             return None
         renew_due = now - self._written_at >= self.duration_s / 3
         if plan.grant_through is not None or plan.mark_seeds_done or renew_due:
@@ -134,17 +134,25 @@ class QueueCoordinator:
         return cached[1]
 
     async def _write_coordinator(self, plan: rp.Plan) -> None:
+        lease = self._planned(plan)
+        lease.spec.renewTime = rl.wall_now()
+        await self._replace_coordinator(lease)
+
+    def _planned(self, plan: rp.Plan | None) -> Any:
+        """Our Lease with the plan's grants and finished seed wave written in."""
         lease = copy.deepcopy(self.lease)
+        if plan is None:
+            return lease
         notes = dict(lease.metadata.annotations or {})
         if plan.grant_through is not None:
             notes[rp.GRANTED_THROUGH] = str(plan.grant_through)
         if plan.mark_seeds_done:
             notes[rp.SEEDS_DONE_AT] = rl.wall_now().isoformat().replace("+00:00", "Z")
+            notes[rp.SEEDS_CONTENT] = plan.seeds_content
             log.info("seed wave done: the other nodes pull through the mirror now",
                      extra=fields(image=self.image))
         lease.metadata.annotations = notes
-        lease.spec.renewTime = rl.wall_now()
-        await self._replace_coordinator(lease)
+        return lease
 
     async def _replace_coordinator(self, lease: Any) -> None:
         from lightkube import ApiError
@@ -181,9 +189,9 @@ class QueueCoordinator:
                 raise
         self._granted_at.pop(ticket.name, None)
 
-    async def _release(self) -> None:
+    async def _release(self, plan: rp.Plan | None = None) -> None:
         """No ticket left: give the coordinator Lease up (a later rollout elects anew)."""
-        lease = copy.deepcopy(self.lease)
+        lease = self._planned(plan)
         lease.spec.holderIdentity = None
         lease.spec.renewTime = rl.wall_now()
         with contextlib.suppress(LostCoordination):

@@ -25,7 +25,7 @@ def _labels(image: str, role: str, notify: str) -> dict[str, str]:
 
 
 def new_ticket(image: str, namespace: str, node: str, duration_s: int, *,
-               mirrored: bool, seed_wave: int) -> Any:
+               mirrored: bool, seed_wave: int, content: str = "") -> Any:
     from lightkube.models.coordination_v1 import LeaseSpec
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.coordination_v1 import Lease
@@ -33,6 +33,8 @@ def new_ticket(image: str, namespace: str, node: str, duration_s: int, *,
     annotations = {rp.IMAGE_ANNOTATION: image}
     if mirrored:
         annotations |= {rp.MIRRORED: "true", rp.SEED_WAVE: str(seed_wave)}
+        if content:
+            annotations[rp.CONTENT] = content
     now = wall_now()
     return Lease(
         metadata=ObjectMeta(name=rp.ticket_name(image, node), namespace=namespace,
@@ -103,6 +105,7 @@ def to_ticket(lease: Any) -> rp.Ticket:
         done=notes.get(rp.DONE) == "true",
         mirrored=notes.get(rp.MIRRORED) == "true",
         seed_wave=int(seed_wave) if seed_wave.isdigit() else 0,
+        content=notes.get(rp.CONTENT, ""),
     )
 
 
@@ -116,6 +119,7 @@ def to_coordinator(lease: Any) -> rp.Coordinator:
         duration_s=float((spec.leaseDurationSeconds if spec else None) or 30),
         granted_through=int(through) if through.isdigit() else 0,
         seeds_done_at=_parse_time(notes.get(rp.SEEDS_DONE_AT)),
+        seeds_content=notes.get(rp.SEEDS_CONTENT, ""),
     )
 
 

@@ -31,7 +31,10 @@ takes no ticket at all. A seed that fails deletes its ticket, one that dies stop
 renewing it and the coordinator removes it: either way the next mirrored node in the
 queue becomes a seed. When every mirrored node that asked is done before the wave is
 full, their records go and a later node starts a new wave (it is a seed itself).
-Nodes without a mirror for the image keep the plain limit, in the same queue.
+Nodes without a mirror for the image keep the plain limit, in the same queue. A wave is
+for one content (a hash of the image's layer digests, on each mirrored ticket and, once
+the wave is done, ``seeds-content`` on the coordinator): when a tag moves to new layers,
+the mirror does not have them yet and the first nodes that want them are seeds again.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ MIRRORED = "nodeagent.io/mirrored"
 SEED_WAVE = "nodeagent.io/seed-wave"
 GRANTED_THROUGH = "nodeagent.io/granted-through"
 SEEDS_DONE_AT = "nodeagent.io/seeds-done-at"
+CONTENT = "nodeagent.io/content"  # a mirrored ticket: what it pulls (opaque name)
+SEEDS_CONTENT = "nodeagent.io/seeds-content"  # the coordinator: what the seeds pulled
 
 
 def short_hash(text: str) -> str:
@@ -66,6 +71,12 @@ def ticket_name(image: str, node: str) -> str:
     return f"nodeagent-{short_hash(image)}-{short_hash(node)}"
 
 
+def same_content(a: str, b: str) -> bool:
+    """Contents are opaque names (the engine hashes the layer digests); "" is unknown and
+    matches any."""
+    return not a or not b or a == b
+
+
 @dataclass(frozen=True)
 class Ticket:
     """A node's place in the queue."""
@@ -78,6 +89,7 @@ class Ticket:
     done: bool = False  # a seed that has the image
     mirrored: bool = False
     seed_wave: int = 0
+    content: str = ""  # what a mirrored node pulls ("": unknown)
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class Coordinator:
     duration_s: float
     granted_through: int = 0
     seeds_done_at: datetime | None = None
+    seeds_content: str = ""
 
 
 def may_pull(ticket: Ticket, coordinator: Coordinator | None) -> bool:
@@ -97,9 +110,13 @@ def may_pull(ticket: Ticket, coordinator: Coordinator | None) -> bool:
                               and ticket.position <= coordinator.granted_through)
 
 
-def seeds_done(coordinator: Coordinator | None, wall_now: datetime, ttl_s: float) -> bool:
-    """The seed wave finished recently enough that the mirror still has the image."""
+def seeds_done(coordinator: Coordinator | None, wall_now: datetime, ttl_s: float,
+               content: str = "") -> bool:
+    """A seed wave for this content finished recently enough that the mirror still has
+    it (``content`` "": any wave)."""
     if coordinator is None or coordinator.seeds_done_at is None:
+        return False
+    if not same_content(content, coordinator.seeds_content):
         return False
     return (wall_now - coordinator.seeds_done_at).total_seconds() < ttl_s
 
@@ -141,6 +158,7 @@ class Plan:
     grants: list[Ticket] = field(default_factory=list)
     remove: list[Ticket] = field(default_factory=list)  # expired holders, finished seeds
     mark_seeds_done: bool = False
+    seeds_content: str = ""  # with mark_seeds_done: the content the seeds pulled
     wake_at: float | None = None  # earliest moment a holder can expire
     idle: bool = False  # no tickets: step down
 
@@ -157,47 +175,63 @@ class QueueState:
     tickets: list[Ticket]
     coordinator: Coordinator
     alive_since: dict[str, float]  # ticket name -> later of its last change and its grant
-    seeds_done: bool
+    seeds_done: bool  # a finished seed wave is recorded, recent enough (its content aside)
+
+
+@dataclass(frozen=True)
+class _Seeds:
+    """The finished seed wave: what it covers (``content`` None: none)."""
+
+    content: str | None
+
+    def cover(self, ticket: Ticket) -> bool:
+        """A mirrored node that pulls from the mirror without a slot."""
+        return ticket.mirrored and self.content is not None \
+            and same_content(ticket.content, self.content)
 
 
 def plan(state: QueueState, limit: int, duration_s: float, now: float) -> Plan:
     """Grant free slots in queue order; remove expired holders and finished seeds."""
     out = Plan()
     queue = sorted(state.tickets, key=lambda t: t.position)
-    wave = _seed_wave(queue)
-    seeds_are_done = state.seeds_done
-    done = sum(t.done for t in queue)
-    if not seeds_are_done and wave and done >= wave:
-        out.mark_seeds_done = seeds_are_done = True
+    seeds = _Seeds(state.coordinator.seeds_content if state.seeds_done else None)
+    wave, content = _wave(queue, seeds)
+    done = sum(t.done for t in queue if not seeds.cover(t) and same_content(t.content, content))
+    if wave and done >= wave:
+        out.mark_seeds_done, out.seeds_content = True, content
+        seeds = _Seeds(content)
     # seeds nobody waits for: their records go, so the coordinator can step down
-    drained = done > 0 and not any(t.mirrored and not t.done for t in queue)
+    drained = any(t.done for t in queue) and not any(
+        t.mirrored and not t.done and not seeds.cover(t) for t in queue)
     # holders: granted, not finished, not a mirrored node that no longer needs a slot
     holders = [t for t in queue if may_pull(t, state.coordinator) and not t.done
-               and not (t.mirrored and seeds_are_done)]
+               and not seeds.cover(t)]
     expired = {t.name for t in holders if now - state.alive_since.get(t.name, now) >= duration_s}
     out.remove = [t for t in queue
-                  if t.name in expired or (t.done and (seeds_are_done or drained))]
+                  if t.name in expired or (t.done and (seeds.cover(t) or drained))]
     removed = {t.name for t in out.remove}
     holding = [t for t in holders if t.name not in removed]
     expiries = [state.alive_since.get(t.name, now) + duration_s for t in holding]
     out.wake_at = min(expiries) if expiries else None
     out.grants = _next_grants(queue, state.coordinator, removed, limit - len(holding),
-                              wave, seeds_are_done)
+                              wave, seeds)
     out.grant_through = _one_write_grant(queue, state.coordinator, removed, out.grants,
-                                         seeds_are_done, limit)
+                                         seeds, limit)
     out.idle = all(t.name in removed for t in queue)
     return out
 
 
-def _seed_wave(queue: list[Ticket]) -> int:
-    """The seed wave asked for by the first mirrored ticket in the queue (0: none)."""
-    return next((t.seed_wave for t in queue if t.mirrored), 0)
+def _wave(queue: list[Ticket], seeds: _Seeds) -> tuple[int, str]:
+    """The seed wave still to come: the size and content asked for by the first mirrored
+    ticket the finished wave does not cover ((0, ""): none)."""
+    first = next((t for t in queue if t.mirrored and not seeds.cover(t)), None)
+    return (first.seed_wave, first.content) if first else (0, "")
 
 
 def _next_grants(queue: list[Ticket], coordinator: Coordinator, removed: set[str],
-                 free: int, wave: int, seeds_are_done: bool) -> list[Ticket]:
+                 free: int, wave: int, seeds: _Seeds) -> list[Ticket]:
     seeds_started = sum(1 for t in queue if t.mirrored and t.name not in removed
-                        and (t.done or may_pull(t, coordinator)))
+                        and not seeds.cover(t) and (t.done or may_pull(t, coordinator)))
     grants: list[Ticket] = []
     for ticket in queue:
         if free <= 0:
@@ -205,7 +239,7 @@ def _next_grants(queue: list[Ticket], coordinator: Coordinator, removed: set[str
         if ticket.name in removed or ticket.done or may_pull(ticket, coordinator):
             continue
         if ticket.mirrored:
-            if seeds_are_done:
+            if seeds.cover(ticket):
                 continue  # pulls from the mirror without a slot
             if seeds_started >= wave:
                 continue  # waits for the seeds; nodes without a mirror keep their turn
@@ -216,7 +250,7 @@ def _next_grants(queue: list[Ticket], coordinator: Coordinator, removed: set[str
 
 
 def _one_write_grant(queue: list[Ticket], coordinator: Coordinator, removed: set[str],
-                     grants: list[Ticket], seeds_are_done: bool, limit: int) -> int | None:
+                     grants: list[Ticket], seeds: _Seeds, limit: int) -> int | None:
     """A position for ``granted-through`` that grants exactly ``grants`` (and tickets that
     are free to go anyway) in one write, when there are many: a write to the coordinator
     Lease reaches every waiting node, a write to a ticket only its owner, so a few grants
@@ -229,7 +263,7 @@ def _one_write_grant(queue: list[Ticket], coordinator: Coordinator, removed: set
         if ticket.position > through:
             break
         if ticket.name in chosen or ticket.name in removed or ticket.done \
-                or may_pull(ticket, coordinator) or (ticket.mirrored and seeds_are_done):
+                or may_pull(ticket, coordinator) or seeds.cover(ticket):
             continue
         return None  # a ticket that must keep waiting lies below: grant one by one
     return through

@@ -339,7 +339,7 @@ class PrewarmEngine:
             self._skip(key, state, skip)
             return "disk_guard"
         state.phase = DOWNLOADING
-        async with self.gated.held(self.pull_gate, image):
+        async with self.gated.held(self.pull_gate, image, layers):
             image_id, path = await self.pull_path.pull(image, auth, progress)
         target = await apply.label_pulled(self.client, image, image_id, state.digest)
         state.pull_path = path

@@ -15,6 +15,7 @@ and containerd too reads them per pull.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -34,8 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# pull_gate(key, mirrored=bool): held around one pull
+# pull_gate(key, mirrored=bool, content=str): held around one pull
 PullGate = Callable[..., contextlib.AbstractAsyncContextManager[object]]
+
+
+def content_key(layer_digests: list[str] | None) -> str:
+    """What a pull brings, for the seed wave to compare ("": unknown)."""
+    if not layer_digests:
+        return ""
+    return hashlib.sha256(",".join(sorted(layer_digests)).encode()).hexdigest()[:16]
 
 
 class GatedPulls:
@@ -49,11 +57,15 @@ class GatedPulls:
         self._cri_read = False
 
     @contextlib.asynccontextmanager
-    async def held(self, gate: PullGate | None, image: DesiredImage) -> AsyncIterator[None]:
+    async def held(self, gate: PullGate | None, image: DesiredImage,
+                   layers: dict[str, int] | None) -> AsyncIterator[None]:
+        """``layers``: the image's layer digests, when known (the seed wave is per
+        content: a tag moved to new layers is not in the mirror yet)."""
         if gate is None:
             yield
             return
-        async with gate(image.name, mirrored=await self.mirrored(image)):
+        async with gate(image.name, mirrored=await self.mirrored(image),
+                        content=content_key(list(layers) if layers else None)):
             yield
 
     async def mirrored(self, image: DesiredImage) -> bool:
