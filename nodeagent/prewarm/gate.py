@@ -47,7 +47,7 @@ def content_key(layer_digests: list[str] | None) -> str:
 
 
 class GatedPulls:
-    """``async with gated.held(gate, image):`` around a pull; no gate, no wait."""
+    """``async with gated.held(gate, image, layers):`` around a pull; no gate, no wait."""
 
     def __init__(self, client: ContainerdClient, config: EngineConfig) -> None:
         self.client = client
