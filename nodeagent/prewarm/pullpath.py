@@ -8,12 +8,12 @@ checked once, on the first pull; an image's own (media types) on each.
 
 Bytes fetched reach ``nodeagent_prewarm_pulled_bytes`` as for CRI pulls (the ingest
 monitor credits each layer once it is in the content store); bytes unpacked go to
-``nodeagent_prewarm_unpacked_bytes``. Either way the pull is watched: a fast pull during
-which nothing moves for the stall timeout (no byte fetched, unpacked or handed to
-containerd, for the image itself or for a layer it waits on another image to pull) is
-cancelled (``Stalled``) and retried by the engine. Fast-path errors are classified like
-CRI's (auth, not_found, registry_unreachable, no_space, other), so retries, metrics and
-messages stay the same.
+``nodeagent_prewarm_unpacked_bytes``. Either way the pull is watched: a fast pull that
+still has bytes to fetch and during which nothing moves for the stall timeout (no byte
+fetched, unpacked or handed to containerd, for the image itself or for a layer it waits
+on another image to pull) is cancelled (``Stalled``) and retried by the engine.
+Fast-path errors are classified like CRI's (auth, not_found, registry_unreachable,
+no_space, other), so retries, metrics and messages stay the same.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class PullPath:
                     return _result(task, image, auth)
                 if live.work() != work:
                     work, moved = live.work(), now
-                elif live.phase == "downloading" and now - moved > self.stall_timeout_s:
+                elif live.downloading() and now - moved > self.stall_timeout_s:
                     raise apply.Stalled()
         finally:
             if not task.done():

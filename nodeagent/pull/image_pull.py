@@ -57,6 +57,12 @@ class PullProgress:
         return (self.fetched + self.unpacked + self.stored
                 + sum(work.amount() for work in self._waiting.values()))
 
+    def downloading(self) -> bool:
+        """Bytes are still to come, for this image or a layer it waits on: only then can
+        the pull stall (a flush or commit after the last byte may take long)."""
+        borrowed = sum(work.fetched for work in self._waiting.values())
+        return self.phase == "downloading" and self.fetched + borrowed < self.total
+
 
 @dataclass
 class _Unpacked:
