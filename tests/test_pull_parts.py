@@ -228,3 +228,44 @@ async def test_fetch_reports_unreachable_host(tmp_path):
     assert info.value.reason == "registry_unreachable"
     assert "cannot reach 127.0.0.1:9" in str(info.value)
     await asyncio.sleep(0)
+
+
+# ----------------------------------------------------------------------------- fetch knobs
+
+
+def _engine_config(argv: list[str]):
+    from nodeagent.credentials.commands import add_credential_arguments
+    from nodeagent.inputs import StrictParser
+    from nodeagent.prewarm.commands import add_engine_arguments, prewarm_options
+
+    parser = StrictParser(prog="nodeagent prewarm")
+    add_engine_arguments(parser)
+    add_credential_arguments(parser)
+    return prewarm_options(parser.parse_args(argv)).engine
+
+
+def test_fetch_knobs_take_their_defaults_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NODEAGENT_FETCH_CHUNK_MIB", "4")
+    monkeypatch.setenv("NODEAGENT_FETCH_CONNECTIONS_PER_BLOB", " 2 ")
+    monkeypatch.setenv("NODEAGENT_FETCH_CONNECTIONS", "32")
+    config = _engine_config([])
+    assert (config.fetch_chunk_mib, config.fetch_connections_per_blob,
+            config.fetch_connections) == (4, 2, 32)
+    assert _engine_config(["--fetch-connections", "3"]).fetch_connections == 3  # flag wins
+    monkeypatch.delenv("NODEAGENT_FETCH_CONNECTIONS")
+    assert _engine_config([]).fetch_connections == 16
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("NODEAGENT_FETCH_CHUNK_MIB", "16MiB", "is not a whole number"),
+    ("NODEAGENT_FETCH_CHUNK_MIB", "0", "must be within [1, 1024]"),
+    ("NODEAGENT_FETCH_CONNECTIONS_PER_BLOB", "65", "must be within [1, 64]"),
+    ("NODEAGENT_FETCH_CONNECTIONS", "nan", "is not a whole number"),
+])
+def test_a_bad_fetch_variable_is_refused_naming_it(monkeypatch, capsys, variable, value, said):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        _engine_config([])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{variable}={value}" in error and said in error and "Traceback" not in error

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nodeagent.containerd.client import add_address_argument
 from nodeagent.credentials.commands import add_credential_arguments, credential_options
 from nodeagent.errors import UsageError
-from nodeagent.inputs import listen_port
+from nodeagent.inputs import env_default, listen_port
 from nodeagent.prewarm.config import (
     CONCURRENCY_RANGE,
     DEFAULT_CONCURRENCY,
@@ -27,7 +27,10 @@ from nodeagent.prewarm.config import (
     DEFAULT_FETCH_CONNECTIONS_PER_BLOB,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STALL_TIMEOUT_S,
+    FETCH_CHUNK_MIB_ENV,
     FETCH_CHUNK_MIB_RANGE,
+    FETCH_CONNECTIONS_ENV,
+    FETCH_CONNECTIONS_PER_BLOB_ENV,
     FETCH_CONNECTIONS_PER_BLOB_RANGE,
     FETCH_CONNECTIONS_RANGE,
     MAX_RETRIES_RANGE,
@@ -139,18 +142,23 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, hosts_dir: str | None = 
                         "PullImage, per image; fast: only the fast pull; cri: only CRI "
                         f"(env {PULL_PATH_ENV}; default auto)")
     p.add_argument("--fetch-chunk-mib", type=FETCH_CHUNK_MIB_RANGE,
-                   default=DEFAULT_FETCH_CHUNK_MIB, metavar="N",
+                   default=env_default(FETCH_CHUNK_MIB_ENV, str(DEFAULT_FETCH_CHUNK_MIB)),
+                   metavar="N",
                    help=f"fast pull: size of each HTTP range request, {FETCH_CHUNK_MIB_RANGE} "
-                        f"MiB (default {DEFAULT_FETCH_CHUNK_MIB})")
+                        f"MiB (env {FETCH_CHUNK_MIB_ENV}; default {DEFAULT_FETCH_CHUNK_MIB})")
     p.add_argument("--fetch-connections-per-blob", type=FETCH_CONNECTIONS_PER_BLOB_RANGE,
-                   default=DEFAULT_FETCH_CONNECTIONS_PER_BLOB, metavar="N",
+                   default=env_default(FETCH_CONNECTIONS_PER_BLOB_ENV,
+                                       str(DEFAULT_FETCH_CONNECTIONS_PER_BLOB)), metavar="N",
                    help="fast pull: range requests in flight for one blob, "
-                        f"{FETCH_CONNECTIONS_PER_BLOB_RANGE} (default "
+                        f"{FETCH_CONNECTIONS_PER_BLOB_RANGE} (env "
+                        f"{FETCH_CONNECTIONS_PER_BLOB_ENV}; default "
                         f"{DEFAULT_FETCH_CONNECTIONS_PER_BLOB})")
     p.add_argument("--fetch-connections", type=FETCH_CONNECTIONS_RANGE,
-                   default=DEFAULT_FETCH_CONNECTIONS, metavar="N",
+                   default=env_default(FETCH_CONNECTIONS_ENV, str(DEFAULT_FETCH_CONNECTIONS)),
+                   metavar="N",
                    help=f"fast pull: connections to registries for the whole node, "
-                        f"{FETCH_CONNECTIONS_RANGE} (default {DEFAULT_FETCH_CONNECTIONS})")
+                        f"{FETCH_CONNECTIONS_RANGE} (env {FETCH_CONNECTIONS_ENV}; default "
+                        f"{DEFAULT_FETCH_CONNECTIONS})")
 
 
 def prewarm_options(args: argparse.Namespace, *, provider_optional: bool = False,

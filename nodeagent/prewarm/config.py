@@ -38,10 +38,14 @@ DEFAULT_STALL_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 5
 PULL_PATHS = ("auto", "fast", "cri")
 PULL_PATH_ENV = "NODEAGENT_PULL_PATH"
-# Fast-pull fetch defaults, chosen with bench/pull_bench.py (README "Fast pull benchmark").
+# Fast-pull fetch defaults, chosen with bench/pull_bench.py (README "Fast pull benchmark");
+# each flag's default can be set by its variable (checked by the flag's range).
 DEFAULT_FETCH_CHUNK_MIB = 16
 DEFAULT_FETCH_CONNECTIONS_PER_BLOB = 8
 DEFAULT_FETCH_CONNECTIONS = 16
+FETCH_CHUNK_MIB_ENV = "NODEAGENT_FETCH_CHUNK_MIB"
+FETCH_CONNECTIONS_PER_BLOB_ENV = "NODEAGENT_FETCH_CONNECTIONS_PER_BLOB"
+FETCH_CONNECTIONS_ENV = "NODEAGENT_FETCH_CONNECTIONS"
 
 # The documented range of each knob: the flags' argparse types and EngineConfig's checks.
 CONCURRENCY_RANGE = Range(int, 1, 64)
