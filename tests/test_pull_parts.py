@@ -165,7 +165,7 @@ def test_record_names_and_source_label_as_cri_writes_them():
 
 class _BlobServer(http.server.ThreadingHTTPServer):
     def __init__(self, blob: bytes, ranges: bool) -> None:
-        self.blob, self.ranges, self.range_requests = blob, ranges, 0
+        self.blob, self.ranges, self.range_requests, self.requests = blob, ranges, 0, 0
         super().__init__(("127.0.0.1", 0), _BlobHandler)
 
 
@@ -174,6 +174,7 @@ class _BlobHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         blob, header = self.server.blob, self.headers.get("Range")
+        self.server.requests += 1
         if header and self.server.ranges:
             self.server.range_requests += 1
             start, end = (int(x) for x in header.removeprefix("bytes=").split("-"))
@@ -214,6 +215,8 @@ async def test_fetch_in_ranges_or_whole_and_resume(tmp_path, ranges):
                 got.clear()
                 await fetcher.fetch(source, path, Watermark(path + ".wm2"), got.append)
                 assert got == [] and server.range_requests == 6  # resumed: all there
+            else:  # one range request (answered whole), then one stream: not one per lane
+                assert server.requests == 2
     finally:
         server.shutdown()
 

@@ -97,11 +97,16 @@ class BlobFetcher:
         url = endpoint.url(source.repository, "blobs", source.digest, source.registry)
         pending = iter(chunks.missing())
         lanes = max(1, min(self.options.connections, chunks.missing_count()))
+        # The other lanes start once the first range is answered with a range: a server
+        # that ignores Range (a cold pull-through cache streams the whole blob) then gets
+        # one request, not one per lane (each of which it would fetch upstream).
+        ranges_served = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(lanes):
+                for lane in range(lanes):
                     group.create_task(self._lane(endpoint, url, source, fd, pending, chunks,
-                                                 watermark, on_bytes))
+                                                 watermark, on_bytes, ranges_served,
+                                                 first=lane == 0))
         except* _NoRanges:
             await self._whole(endpoint, url, source, fd, chunks, watermark, on_bytes)
         except* RegistryError as group_error:
@@ -109,14 +114,17 @@ class BlobFetcher:
 
     async def _lane(self, endpoint: Endpoint, url: str, source: BlobSource, fd: int,
                     pending: Iterator[int], chunks: _ChunkLog, watermark: Watermark,
-                    on_bytes: Callable[[int], None]) -> None:
+                    on_bytes: Callable[[int], None], ranges_served: asyncio.Event,
+                    first: bool) -> None:
+        if not first:
+            await ranges_served.wait()
         for index in pending:
             start, end = chunks.bounds(index)
             for attempt in range(_CHUNK_ATTEMPTS):
                 start = chunks.bounds(index)[0] + chunks.written(index)  # resume in the chunk
                 try:
                     await self._range(endpoint, url, source, fd, start, end, chunks, index,
-                                      watermark, on_bytes)
+                                      watermark, on_bytes, ranges_served)
                     break
                 except RegistryError as exc:
                     if exc.reason != "registry_unreachable" or attempt == _CHUNK_ATTEMPTS - 1:
@@ -128,7 +136,8 @@ class BlobFetcher:
 
     async def _range(self, endpoint: Endpoint, url: str, source: BlobSource, fd: int,
                      start: int, end: int, chunks: _ChunkLog, index: int,
-                     watermark: Watermark, on_bytes: Callable[[int], None]) -> None:
+                     watermark: Watermark, on_bytes: Callable[[int], None],
+                     ranges_served: asyncio.Event) -> None:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         log.debug("range request", extra=fields(blob=source.digest, start=start, end=end,
                                                 host=endpoint.host))
@@ -136,6 +145,7 @@ class BlobFetcher:
             if response.status == 200 and (start, end) != (0, source.size):
                 raise _NoRanges()
             _check_range(response, start, end, source, endpoint)
+            ranges_served.set()
             offset = start
             async for data in _body(response, source, endpoint):
                 if offset + len(data) > end:
