@@ -27,10 +27,12 @@ def captured_logs() -> io.StringIO:
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("nodeagent")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     yield out
     logger.removeHandler(handler)
+    logger.setLevel(level)  # later tests see the levels the CLI sets
 
 
 def run(tmp_path: Path, source: str, name: str = "llm"):

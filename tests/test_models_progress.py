@@ -27,6 +27,7 @@ def test_json_log_lines_when_not_a_terminal(s3, tmp_path: Path) -> None:
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("nodeagent.models")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -36,6 +37,7 @@ def test_json_log_lines_when_not_a_terminal(s3, tmp_path: Path) -> None:
                     SyncOptions(cache_dir=str(tmp_path / "c")), reporter=reporter).ok
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     states = [e["state"] for e in events if e["msg"].startswith("model ")]
     assert states == ["downloading", "present"]

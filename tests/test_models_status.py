@@ -97,7 +97,9 @@ def test_an_unrelated_change_does_not_restart_a_long_download(s3, proxy, tmp_pat
     try:
         wait_for(lambda: k.states()["big"].bytes_done > MiB, "download under way")
         k.set_desired([big, ModelSpec("small", f"s3://{BUCKET}/small/")])
-        wait_for(lambda: all(s.state == "present" for s in k.states().values()), "both")
+        # A model's state turns present as it lands; the pass's result comes after it.
+        wait_for(lambda: all(s.state == "present" for s in k.states().values())
+                 and k.last is not None and len(k.last.models) == 2, "both")
         assert k.last is not None and [m.name for m in k.last.models] == ["big", "small"]
         changes = [(c.name, c.state) for c in k.take_changes()]
         assert ("big", "present") in changes and ("big", "pending") not in changes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from support import snapshot_env
 from support.aws_servers import REGION, AwsProxy, MotoServer
 from support.loopfs import loop_xfs
 from support.prewarm_helpers import hotlist_yaml
@@ -21,37 +22,17 @@ from nodeagent.sandbox.containerd import PrivateContainerd
 from nodeagent.snapshot import tags as T
 
 BUCKET = "models"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def proxy(moto: MotoServer) -> Iterator[AwsProxy]:
-    p = AwsProxy(moto.url)
-    yield p
-    p.stop()
+moto = snapshot_env.moto
+proxy = snapshot_env.proxy
+volume_id = snapshot_env.volume_id
 
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, moto: MotoServer, proxy: AwsProxy,
             tmp_path: Path) -> None:
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "NODEAGENT_MODEL_CACHE_DIR"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    snapshot_env.isolate_aws(monkeypatch, moto, proxy, tmp_path)
+    monkeypatch.delenv("NODEAGENT_MODEL_CACHE_DIR", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)  # the models: straight to moto
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    moto.reset()
-    proxy.reset()
 
 
 @pytest.fixture
@@ -59,11 +40,6 @@ def direct(moto: MotoServer) -> dict:
     s3 = boto3.client("s3", endpoint_url=moto.url, region_name=REGION)
     s3.create_bucket(Bucket=BUCKET)
     return {"ec2": boto3.client("ec2", endpoint_url=moto.url, region_name=REGION), "s3": s3}
-
-
-@pytest.fixture
-def volume_id(direct: dict) -> str:
-    return direct["ec2"].create_volume(Size=50, AvailabilityZone=f"{REGION}a")["VolumeId"]
 
 
 @pytest.fixture

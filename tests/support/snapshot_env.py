@@ -45,6 +45,13 @@ def proxy(moto: MotoServer) -> Iterator[AwsProxy]:
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch, moto: MotoServer, proxy: AwsProxy,
             tmp_path: Path) -> None:
+    isolate_aws(monkeypatch, moto, proxy, tmp_path)
+
+
+def isolate_aws(monkeypatch: pytest.MonkeyPatch, moto: MotoServer, proxy: AwsProxy,
+                tmp_path: Path) -> None:
+    """Test credentials and region only (no profile, config file, IMDS or endpoint from
+    the machine), and a fresh moto and proxy."""
     for key in AWS_ENV_CLEARED:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
