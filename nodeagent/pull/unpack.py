@@ -26,7 +26,7 @@ from nodeagent.pull.decompress import DecompressError, decompressed
 from nodeagent.pull.tarstream import TarReader
 from nodeagent.pull.watermark import BlobAbandoned, read_blob
 
-_QUEUE_PIECES = 8  # decoded pieces of <= 1 MiB waiting for the writer: bounds memory
+_QUEUE_PIECES = 4  # decoded pieces of <= 1 MiB waiting for the writer: bounds memory
 _END = object()
 
 
