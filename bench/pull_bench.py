@@ -19,6 +19,7 @@ workers, ctr, or the floor's tools; and containerd) and nodeagent's peak RSS (ma
 process, and with its workers). Run as root:
 
     .venv/bin/python bench/pull_bench.py [--images large,multi] [--networks loopback,model]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -61,6 +62,7 @@ class Result:
     containerd_cpu_s: float | None = None
     peak_rss_mib: float | None = None  # nodeagent's main process
     peak_tree_rss_mib: float | None = None  # with its unpack workers
+    walls: list[float] = field(default_factory=list)  # every run's wall time (summaries)
 
     @property
     def mib_s(self) -> float:
@@ -126,12 +128,20 @@ def run_nodeagent(workdir: Path, refs: list[str], path: str, extra: list[str]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         peak = peak_tree = 0
         ps = psutil.Process(proc.pid)
+        worker_cpu: dict[int, float] = {}  # last CPU seen of each child (they exit first)
         while proc.poll() is None:
             with contextlib.suppress(psutil.Error):
                 own = ps.memory_info().rss
-                tree = own + sum(c.memory_info().rss for c in ps.children(recursive=True))
+                tree = own
+                for child in ps.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        tree += child.memory_info().rss
+                        t = child.cpu_times()
+                        worker_cpu[child.pid] = t.user + t.system
                 peak, peak_tree = max(peak, own), max(peak_tree, tree)
             time.sleep(0.05)
+        print(f"  {path}: unpack workers' CPU {sum(worker_cpu.values()):.1f} s "
+              f"({len(worker_cpu)} processes)", file=sys.stderr)
         wall = time.monotonic() - start
         own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         log.close()
@@ -188,9 +198,26 @@ def network(kind: str, registry_host: str, per_conn: float, total: float):
         proxy.wait(10)
 
 
+def summarize(runs: list[Result]) -> list[Result]:
+    """One row per (images, network, mode): the run of median wall time (its CPU), the
+    highest peak RSS of all runs, and every wall time (for the spread)."""
+    keys = list(dict.fromkeys((r.images, r.network, r.mode) for r in runs))
+    rows = []
+    for key in keys:
+        same = sorted((r for r in runs if (r.images, r.network, r.mode) == key),
+                      key=lambda r: r.wall_s)
+        row = same[(len(same) - 1) // 2]
+        rss = [r.peak_rss_mib for r in same if r.peak_rss_mib]
+        tree = [r.peak_tree_rss_mib for r in same if r.peak_tree_rss_mib]
+        rows.append(Result(*key, row.wall_s, row.compressed_mib, row.client_cpu_s,
+                           row.containerd_cpu_s, max(rss) if rss else None,
+                           max(tree) if tree else None, [r.wall_s for r in same]))
+    return rows
+
+
 def table(results: list[Result], per_conn: float, total: float) -> str:
-    head = ("| images | network | mode | wall s | MiB/s | vs ctr | vs cri | floor/this | "
-            "client CPU-s | containerd CPU-s | peak RSS (main / +workers) |")
+    head = ("| images | network | mode | wall s, median (min-max) | MiB/s | vs ctr | vs cri | "
+            "floor/this | client CPU-s | containerd CPU-s | peak RSS (main / +workers) |")
     lines = [head, "|" + "---|" * 11]
     for r in results:
         same = [x for x in results if (x.images, x.network) == (r.images, r.network)]
@@ -206,12 +233,44 @@ def table(results: list[Result], per_conn: float, total: float) -> str:
         na = f"{r.client_cpu_s:.1f}" if r.client_cpu_s is not None else "-"
         ctrd = f"{r.containerd_cpu_s:.1f}" if r.containerd_cpu_s is not None else "-"
         floor_pct = f"{floor.wall_s / r.wall_s:.0%}" if floor else "-"
-        lines.append(f"| {r.images} | {r.network} | {r.mode} | {r.wall_s:.1f} | "
+        spread = (f" ({min(r.walls):.1f}-{max(r.walls):.1f})" if len(r.walls) > 1 else "")
+        lines.append(f"| {r.images} | {r.network} | {r.mode} | {r.wall_s:.1f}{spread} | "
                      f"{r.mib_s:.0f} | {ratio(ctr)} | {ratio(cri)} | {floor_pct} | {na} | "
                      f"{ctrd} | {rss} |")
     note = (f"network model: {per_conn:g} MiB/s per connection, {total:g} MiB/s in total "
-            "(throttling proxy in its own process)")
-    return "\n".join(lines) + "\n\n" + note
+            "(throttling proxy in its own process); ratios and CPU from the median run, "
+            "peak RSS the highest of all runs")
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + "\n".join(verdicts(results))
+
+
+# The issue's targets for the large image on this 2-core machine: (network, baseline mode,
+# at least this many times faster); the floor and RSS are checked apart.
+TARGETS = (("loopback", "ctr", 3.0), ("loopback", "cri", 2.5), ("model", "cri", 4.0))
+
+
+def verdicts(rows: list[Result]) -> list[str]:
+    def row(net: str, mode: str) -> Result | None:
+        return next((r for r in rows if (r.images, r.network, r.mode) == ("large", net, mode)),
+                    None)
+
+    out = []
+    for net, base_mode, target in TARGETS:
+        fast, base = row(net, "fast"), row(net, base_mode)
+        if fast and base:
+            x = base.wall_s / fast.wall_s
+            out.append(f"large, {net}: fast {x:.2f}x {base_mode} (target >= {target:g}x): "
+                       f"{'met' if x >= target else 'MISSED'}")
+    for net in ("loopback", "model"):
+        fast, floor = row(net, "fast"), row(net, "floor")
+        if fast and floor:
+            x = fast.wall_s / floor.wall_s
+            out.append(f"large, {net}: fast {x:.2f}x the floor's time (target <= 1.5x): "
+                       f"{'met' if x <= 1.5 else 'MISSED'}")
+    peaks = [r.peak_tree_rss_mib for r in rows if r.mode == "fast" and r.peak_tree_rss_mib]
+    if peaks:
+        out.append(f"nodeagent peak RSS with its unpack workers {max(peaks):.0f} MiB "
+                   f"(target <= 150 MiB): {'met' if max(peaks) <= 150 else 'MISSED'}")
+    return out
 
 
 def measure(args: argparse.Namespace, workdir: Path, which: str, net: str, host: str,
@@ -220,8 +279,10 @@ def measure(args: argparse.Namespace, workdir: Path, which: str, net: str, host:
     layers = unique_layers(images)
     mib = sum(layer.size for layer in layers) / MiB
     out = []
-    for mode in args.modes:
-        print(f"{which} / {net}: {mode} ...", file=sys.stderr, flush=True)
+    rounds = [(r, mode) for r in range(args.repeat) for mode in args.modes]  # interleaved
+    for round_no, mode in rounds:
+        print(f"{which} / {net}: {mode} (run {round_no + 1} of {args.repeat}) ...",
+              file=sys.stderr, flush=True)
         subprocess.run(["sync"], check=True)
         if mode == "ctr":
             figures = run_ctr(workdir, refs)
@@ -250,8 +311,12 @@ def main() -> int:
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(tempfile.gettempdir()) / "nodeagent-bench-layers")
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of every mode, interleaved; the table shows the median")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.repeat < 1 or set(args.images.split(",")) - {"large", "multi"}:
+        raise SystemExit("--repeat takes 1 or more; --images: large, multi or both")
     if os.geteuid() != 0:
         raise SystemExit("run as root: the private containerd needs overlayfs mounts")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nodeagent-pull-bench-"))
@@ -267,7 +332,7 @@ def main() -> int:
                     results += measure(args, workdir, which, net, host, images)
     version = subprocess.run(["containerd", "--version"], capture_output=True, text=True)
     print(f"\n{os.cpu_count()} CPUs; {version.stdout.strip()}; command: {' '.join(sys.argv)}")
-    print(table(results, args.per_connection_mibps, args.total_mibps))
+    print(table(summarize(results), args.per_connection_mibps, args.total_mibps))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     if not args.workdir:
