@@ -23,7 +23,7 @@ process this benchmark starts reads only the requested range (``patch_moto_range
 virtualenv of its own under the work dir. moto's data stays in the page cache between
 runs (as S3's would be warm); the destination is emptied and synced before each run.
 
-    .venv/bin/python bench/models_bench.py [--runs 1]
+    .venv/bin/python bench/models_bench.py [--runs 1] [--per-connection-mibps 40]
         [--only nodeagent,nofsync,awscli,boto3,transfer,crt,ceiling]
 """
 
@@ -49,10 +49,11 @@ CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
          "AWS_EC2_METADATA_DISABLED": "true"}
 
 NODEAGENT = """
-import sys
+import os, sys
 from nodeagent.models import ModelSpec, SyncOptions, sync
-r = sync([ModelSpec("llm", "s3://models/llm/")],
-         SyncOptions(cache_dir=sys.argv[1], durable=sys.argv[2:] != ["--no-fsync"]))
+o = SyncOptions(cache_dir=sys.argv[1], durable=sys.argv[2:] != ["--no-fsync"])
+o.concurrency = int(os.environ.get("BENCH_CONNECTIONS") or o.concurrency)
+r = sync([ModelSpec("llm", "s3://models/llm/")], o)
 sys.exit(0 if r.ok else str(r.models[0].error))
 """
 BOTO3_LOOP = """
@@ -78,8 +79,7 @@ with {manager} as manager:
         path = os.path.join(sys.argv[1], key[len("llm/"):])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         futures.append(manager.download("models", key, path))
-    for future in futures:
-        future.result()
+    [future.result() for future in futures]
 """
 TRANSFER_MANAGER = DOWNLOAD_ALL.format(  # boto3's transfer manager, 16 threads
     setup="from boto3.s3.transfer import TransferConfig, create_transfer_manager",
@@ -109,11 +109,8 @@ def patch_moto_ranges() -> None:
         def __init__(self, key):  # type: ignore[no-untyped-def]
             self.key = key
 
-        def __len__(self) -> int:
+        def __len__(self) -> int:  # (truthiness follows: an empty key is falsy)
             return self.key.size
-
-        def __bool__(self) -> bool:
-            return self.key.size > 0
 
         def __getitem__(self, s: slice) -> bytes:
             start = s.start or 0
@@ -325,7 +322,9 @@ def main() -> int:
     p.add_argument("--total-mibps", type=float, default=400)
     p.add_argument("--runs", type=int, default=1, help="runs per contender (best is shown)")
     p.add_argument("--only", default="nodeagent,nofsync,awscli,boto3,transfer,crt,ceiling")
+    p.add_argument("--nodeagent-connections", type=int, help="default: SyncOptions'")
     args = p.parse_args()
+    os.environ["BENCH_CONNECTIONS"] = str(args.nodeagent_connections or "")
     if args.serve_moto:
         serve_moto(args.stock_moto)
         return 0

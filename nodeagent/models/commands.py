@@ -17,6 +17,7 @@ from nodeagent.credentials.commands import add_credential_arguments, credential_
 from nodeagent.errors import UsageError
 from nodeagent.inputs import Range, listen_port
 from nodeagent.models.layout import CACHE_DIR_ENV
+from nodeagent.models.options import DEFAULT_CONCURRENCY
 from nodeagent.prewarm.commands import DEFAULT_HOSTS_DIR, parse_node_labels
 from nodeagent.prewarm.diskguard import HIGH_WATER_ENV, HIGH_WATER_RANGE
 
@@ -112,7 +113,8 @@ def _register_gc(actions: argparse._SubParsersAction) -> None:
 def add_sync_arguments(p: argparse.ArgumentParser) -> None:
     """The download knobs (`models prewarm`, `snapshot build --models-file`)."""
     p.add_argument("--concurrency", type=CONCURRENCY_RANGE, default=None, metavar="N",
-                   help=f"connections shared by all models, {CONCURRENCY_RANGE} (default 16)")
+                   help=f"connections shared by all models, {CONCURRENCY_RANGE} "
+                        f"(default {DEFAULT_CONCURRENCY})")
     p.add_argument("--high-water", type=HIGH_WATER_RANGE, default=None, metavar="PERCENT",
                    help=f"never fill the cache filesystem past PERCENT, in {HIGH_WATER_RANGE}; "
                         "unlisted models are evicted to stay below it (env "
@@ -130,7 +132,7 @@ def add_sync_arguments(p: argparse.ArgumentParser) -> None:
 def sync_options(args: argparse.Namespace, cache_dir: str | None = None) -> Any:
     """The flags as SyncOptions, every value checked (the cache dir too)."""
     from nodeagent.models.layout import resolve_cache_dir
-    from nodeagent.models.options import DEFAULT_CONCURRENCY, SyncOptions
+    from nodeagent.models.options import SyncOptions
     from nodeagent.prewarm.diskguard import default_high_water_percent
 
     concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency

@@ -16,7 +16,11 @@ from nodeagent.models import plan
 if TYPE_CHECKING:
     from nodeagent.credentials.options import CredentialOptions
 
-DEFAULT_CONCURRENCY = 16  # connections; measured: 16-24 fill a 400 MiB/s link of 40 MiB/s streams
+# Connections shared by all models. One S3 stream is far slower than a GPU node's NIC, so
+# the default is set by the per-stream share: measured (bench/models_bench.py, 2 GiB,
+# 400 MiB/s total) 64 connections give 336 MiB/s at 40 MiB/s a stream (16: 314) and
+# 282 MiB/s at 10 MiB/s a stream (16: 136, 32: 231); peak RSS 124 MiB (16: 75).
+DEFAULT_CONCURRENCY = 64
 
 
 @dataclass
