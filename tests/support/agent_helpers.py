@@ -1,18 +1,24 @@
 """Helpers for the agent tests: an in-process agent against the Kubernetes API TEST DOUBLE
-(tests/support/kubeapi.py; no real API server can be installed here) and a real containerd."""
+(tests/support/kubeapi.py; no real API server can be installed here) and a real containerd.
+
+A test module takes the `api` fixture by assignment (``api = agent_helpers.api``): pytest
+finds it, and no import is shadowed by the test arguments."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from nodeagent.agent.condition import CONDITION_TYPE
 from nodeagent.agent.config import AgentConfig, DisksSetup
 from nodeagent.agent.daemon import Agent
+from nodeagent.api.hotimageset_schema import HOTIMAGESET_OBJECT_SCHEMA
 from nodeagent.containerd.client import ContainerdClient
 from nodeagent.credentials.options import CredentialOptions
 from nodeagent.disks.commands import setup_options
@@ -27,6 +33,15 @@ from support.kubeapi import KubeApiDouble
 GROUP = "nodeagent.io"
 FAST_ENGINE = dict(poll_interval_s=0.2, backoff_initial_s=0.2, backoff_max_s=2.0,
                    resync_interval_s=30.0)
+NS = "nodeagent"  # the namespace of the rollout tests' Leases
+LEASES = ("leases", NS, "coordination.k8s.io")  # api.list(*LEASES): all of those Leases
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApiDouble]:
+    """The API server double, with the HotImageSet CRD and its schema."""
+    with KubeApiDouble(crd_schema=HOTIMAGESET_OBJECT_SCHEMA) as server:
+        yield server
 
 
 def hot_set(name: str, *images: str, required: bool = False, **spec: Any) -> dict:
@@ -123,6 +138,10 @@ async def pinned_digests(client: ContainerdClient) -> set[str]:
     """Target digests of images carrying nodeagent's pin."""
     return {r.target_digest for r in await client.list_image_records()
             if r.labels.get(plan.PINNED_LABEL) == "true"}
+
+
+async def pinned_is(client: ContainerdClient, expected: set[str]) -> bool:
+    return await pinned_digests(client) == expected
 
 
 async def present_digests(client: ContainerdClient) -> set[str]:
