@@ -11,4 +11,9 @@ disks_image.py          a bootable disk image for the systemd VM test;
                         disks_systemd_guest.py runs in that guest
 pull_features.py        layers with every tar feature, for the fast pull's equivalence tests
 pull_compare.py         snapshot trees compared, for the same tests
+containerd_helpers.py   the ContainerdClient tests' client fixture, polling, throttling proxy
+auth_helpers.py         the registry credential tests' secret and docker config keyrings
+resolve_helpers.py      what resolve_manifest should answer for a pushed image
+hotlist_cases.py        HotImageSet files valid and invalid (the table of errors)
+daemonset_manifests.py  daemonset/'s documents, as the manifest tests read them
 """
