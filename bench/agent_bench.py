@@ -1,7 +1,7 @@
 """Agent benchmark: idle footprint with 50 hot images, and HotImageSet change -> PullImage.
 
 Runs the real ``nodeagent agent`` process against a real private containerd and a real
-local registry; the Kubernetes API is tests/support/kubeapi.py, a TEST DOUBLE of the API server
+local registry; the Kubernetes API is tests/support/kubeapi/, a TEST DOUBLE of the API server
 speaking the real list/watch protocol (no Kubernetes API server can be installed here).
 
 1. pushes 50 small images (own layers) to the registry, creates the Node and one

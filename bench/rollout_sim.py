@@ -2,7 +2,7 @@
 
 Every simulated node runs the real gate (``nodeagent.kube.lease.RolloutLimiter``) with
 its own lightkube client and connections, all in this one process (asyncio), against
-tests/support/kubeapi.py over real HTTP on loopback: a TEST DOUBLE of the Kubernetes API
+tests/support/kubeapi/ over real HTTP on loopback: a TEST DOUBLE of the Kubernetes API
 server speaking the real list/watch protocol (no Kubernetes API server can be installed
 here).
 A pull is a sleep of --pull-seconds (the time scale: the run takes about nodes / limit x

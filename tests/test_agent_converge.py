@@ -2,7 +2,7 @@
 created, changed and deleted, node labels, malformed sets, an API server that goes away,
 pull secrets and a mounted kubelet credential provider, the rollout limit across agents.
 
-A real containerd, a real registry, and tests/support/kubeapi.py, a TEST DOUBLE of the
+A real containerd, a real registry, and tests/support/kubeapi/, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here) that speaks the real
 HTTP list/watch protocol.
 """

@@ -2,7 +2,7 @@
 required images are there, or on timeout), disks setup while the taint is on, the real
 `nodeagent agent` process stopping cleanly on SIGTERM mid-pull, an internal failure.
 
-A real containerd, a real registry, and tests/support/kubeapi.py, a TEST DOUBLE of the
+A real containerd, a real registry, and tests/support/kubeapi/, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here) that speaks the real
 HTTP list/watch protocol.
 """

@@ -1,6 +1,6 @@
 """Node condition, startup taint, Events and pull secrets (the rollout queue: test_rollout_queue).
 
-Pure decisions are tested directly; effects run against tests/support/kubeapi.py, a TEST DOUBLE
+Pure decisions are tested directly; effects run against tests/support/kubeapi/, a TEST DOUBLE
 of the Kubernetes API server (no real API server can be installed here) that speaks the
 real HTTP protocol (patch types, 409/422, Leases with resourceVersion).
 """

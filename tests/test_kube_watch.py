@@ -1,6 +1,6 @@
 """The Kubernetes API test double's protocol, and the resilient list+watch layer on it.
 
-Against tests/kubeapi.py: a TEST DOUBLE of the API server (no real Kubernetes API server
+Against tests/support/kubeapi/: a TEST DOUBLE of the API server (no real Kubernetes API server
 can be installed here) that speaks the real HTTP list/watch protocol.
 """
 

@@ -1,6 +1,6 @@
 """RBAC in daemonset/ grants exactly the API calls the agent makes.
 
-RBAC is checked against the calls recorded by tests/support/kubeapi.py, a TEST DOUBLE of the
+RBAC is checked against the calls recorded by tests/support/kubeapi/, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here), while a real agent
 runs every code path that talks to the API (watches, status, taint, Events, Leases,
 pull secrets) with a real containerd and registry.

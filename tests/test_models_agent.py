@@ -1,4 +1,4 @@
-"""The DaemonSet agent's model cache end to end: HotModelSets in tests/support/kubeapi.py,
+"""The DaemonSet agent's model cache end to end: HotModelSets in tests/support/kubeapi/,
 a TEST DOUBLE of the Kubernetes API server (no real API server can be installed here)
 that speaks the real HTTP list/watch protocol; models from moto S3 in server mode (real
 boto3 over HTTP, behind the throttling proxy) and from the real registry (OCI

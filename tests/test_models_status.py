@@ -1,6 +1,6 @@
 """The model cache's status rules (pure): the ModelsPrewarmed condition and the startup
 taint's required models; the keeper's pass rules against moto S3 behind the throttling
-proxy; the optional HotModelSet watch against tests/support/kubeapi.py, a TEST DOUBLE of
+proxy; the optional HotModelSet watch against tests/support/kubeapi/, a TEST DOUBLE of
 the Kubernetes API server that speaks the real list/watch protocol."""
 
 from __future__ import annotations

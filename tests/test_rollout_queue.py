@@ -1,7 +1,7 @@
 """The cluster-wide rollout limit: a FIFO queue of Leases with an elected coordinator.
 
 Pure decisions (nodeagent.kube.rollout_plan) are tested directly. The gate runs against
-tests/support/kubeapi.py, a TEST DOUBLE of the Kubernetes API server (no real API server
+tests/support/kubeapi/, a TEST DOUBLE of the Kubernetes API server (no real API server
 can be installed here) that speaks the real list/watch protocol over HTTP, with several
 simulated nodes (each its own RolloutLimiter and client) in one event loop.
 """

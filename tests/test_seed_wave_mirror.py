@@ -4,7 +4,7 @@ once through the mirror. And which pulls have a mirror: the hosts.toml the pulls
 
 Real components: agents (nodeagent.agent.daemon.Agent), each with its own private
 containerd; the upstream registry and, as the mirror, a pull-through cache in front of it
-(docker-registry in proxy mode); tests/support/kubeapi.py, a TEST DOUBLE of the
+(docker-registry in proxy mode); tests/support/kubeapi/, a TEST DOUBLE of the
 Kubernetes API server (no real API server can be installed here) speaking the real
 list/watch protocol.
 """

@@ -1,7 +1,7 @@
 """The seed wave's Lease protocol: seeds that fail, a tag that moves, waves nobody fills,
 seed waves turned off; and the flag that sets the wave.
 
-tests/support/kubeapi.py, a TEST DOUBLE of the Kubernetes API server (no real API server
+tests/support/kubeapi/, a TEST DOUBLE of the Kubernetes API server (no real API server
 can be installed here) speaking the real list/watch protocol, and real RolloutLimiters
 against it, with sleeps for pulls (what a pull does is not the subject here; the agents'
 real pulls: tests/test_seed_wave_mirror.py).

@@ -1,5 +1,5 @@
 """Helpers for the agent tests: an in-process agent against the Kubernetes API TEST DOUBLE
-(tests/support/kubeapi.py; no real API server can be installed here) and a real containerd.
+(tests/support/kubeapi/; no real API server can be installed here) and a real containerd.
 
 A test module takes the `api` fixture by assignment (``api = agent_helpers.api``): pytest
 finds it, and no import is shadowed by the test arguments."""
