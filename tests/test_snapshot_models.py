@@ -7,14 +7,12 @@ EBS, so the runs pass --volume-id of a moto volume; the freeze is real)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 from support import snapshot_env
 from support.aws_servers import REGION, AwsProxy, MotoServer
-from support.loopfs import loop_xfs
 from support.prewarm_helpers import hotlist_yaml
 
 from nodeagent.cli import main
@@ -25,6 +23,7 @@ BUCKET = "models"
 moto = snapshot_env.moto
 proxy = snapshot_env.proxy
 volume_id = snapshot_env.volume_id
+node = snapshot_env.node
 
 
 @pytest.fixture(autouse=True)
@@ -40,21 +39,6 @@ def direct(moto: MotoServer) -> dict:
     s3 = boto3.client("s3", endpoint_url=moto.url, region_name=REGION)
     s3.create_bucket(Bucket=BUCKET)
     return {"ec2": boto3.client("ec2", endpoint_url=moto.url, region_name=REGION), "s3": s3}
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[PrivateContainerd]:
-    from conftest import require, require_root
-
-    require("containerd")
-    require_root()
-    with loop_xfs(tmp_path / "disk") as mount:
-        daemon = PrivateContainerd(tmp_path / "ctrd", root=mount.mount_point / "containerd")
-        daemon.start()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
 
 
 def base(node: PrivateContainerd, proxy: AwsProxy, tmp_path: Path, volume_id: str,
