@@ -52,18 +52,21 @@ async def apply_labels(client: ContainerdClient, updates: Sequence[plan.LabelUpd
     return done
 
 
-async def remove_image(client: ContainerdClient, removal: plan.Removal) -> str | None:
-    """Remove one unlisted image through CRI; its name, or None when it failed."""
+async def remove_image(client: ContainerdClient, removal: plan.Removal
+                       ) -> tuple[str, str | None]:
+    """Remove one unlisted image through CRI: (its name, None), or (its name, why not)."""
     name = next((n for n in removal.names if "@" not in n and ":" in n), removal.ref)
     try:
         await client.remove_image(removal.ref)
     except ContainerdError as exc:
-        log.warning("cannot remove unlisted image", extra=fields(
-            image=name, error=redact_text(str(exc))))
-        return None
+        if isinstance(exc, ContainerdUnavailable):
+            raise
+        error = redact_text(str(exc))
+        log.warning("cannot remove unlisted image", extra=fields(image=name, error=error))
+        return name, error
     log.info("removed image that left the hot list (--remove-unlisted)",
              extra=fields(image=name, digest=removal.target_digest))
-    return name
+    return name, None
 
 
 async def pull_watched(client: ContainerdClient, image: DesiredImage, auth: AuthConfig | None,

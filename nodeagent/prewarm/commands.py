@@ -63,7 +63,8 @@ def _register_prewarm(subparsers: argparse._SubParsersAction) -> None:
             "where the node allows it, else CRI PullImage), highest priority first, with "
             "live progress; pin them so kubelet image GC keeps them; "
             "unpin images nodeagent pinned that are no longer listed. Exit 0 when every "
-            "image is present, 1 otherwise (with a summary of what failed and why)."
+            "image is present (and, with --remove-unlisted, every removal was done), 1 "
+            "otherwise (with a summary of what failed and why)."
         ),
     )
     p.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,

@@ -123,6 +123,7 @@ class PrewarmEngine:
         self._wake = asyncio.Event()
         self._unpinned: list[str] = []
         self._removed: list[str] = []
+        self._not_removed: list[tuple[str, str]] = []  # (image, why) asked but refused
 
     # ------------------------------------------------------------------ public API
 
@@ -131,7 +132,7 @@ class PrewarmEngine:
         left the list; return once every pull succeeded or gave up."""
         if desired is not None:
             self._desired = list(desired)
-        self._unpinned, self._removed = [], []
+        self._unpinned, self._removed, self._not_removed = [], [], []
         try:
             async with self.ticker.running():
                 await self._sync(retry_given_up=True)
@@ -140,7 +141,8 @@ class PrewarmEngine:
         finally:
             await self.close()  # a pass is self-contained: nothing kept for the next one
         self.ticker.publish()
-        return PrewarmSummary(list(self.snapshot().values()), self._unpinned, self._removed)
+        return PrewarmSummary(list(self.snapshot().values()), self._unpinned, self._removed,
+                              self._not_removed)
 
     async def close(self) -> None:
         """Release what pulls keep between images (the fast path's connections, workers
@@ -208,8 +210,9 @@ class PrewarmEngine:
         await apply.apply_labels(self.client, decided.pins, pin=True)
         self._unpinned += await apply.apply_labels(self.client, decided.unpins, pin=False)
         for removal in decided.removals:
-            removed = await apply.remove_image(self.client, removal)
-            self._removed += [removed] if removed else []
+            name, error = await apply.remove_image(self.client, removal)
+            self._removed += [] if error else [name]
+            self._not_removed += [(name, error)] if error else []
         now = time.monotonic()
         start = [image for image in decided.pulls if image.name not in self._pulls and (
             retry_given_up or self._not_before.get(image.name, 0) <= now)]

@@ -40,7 +40,8 @@ class PrewarmRun:
 
 async def run_prewarm(run: PrewarmRun, desired: list[DesiredImage],
                       keyring: Keyring | None) -> int:
-    """Exit code: 0 when every image is present (watch mode: when stopped), else 1."""
+    """Exit code: 0 when every image is present and every removal asked for was done
+    (watch mode: when stopped), else 1."""
     from nodeagent import metrics
     from nodeagent.containerd.client import ContainerdClient
     from nodeagent.prewarm.display import make_reporter
@@ -63,7 +64,7 @@ async def run_prewarm(run: PrewarmRun, desired: list[DesiredImage],
                 health.set_ready(summary.ok, "all hot images present" if summary.ok
                                  else "some hot images missing")
                 print(summary.text())
-                return 0 if summary.ok else 1
+                return 0 if summary.all_done else 1
             return await _watch(run.hotlist, engine, desired, health)
     finally:
         reporter.close()

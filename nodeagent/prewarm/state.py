@@ -91,10 +91,16 @@ class PrewarmSummary:
     states: list[ImageState]
     unpinned: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    not_removed: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
 
     @property
     def ok(self) -> bool:
         return all(s.state == PRESENT for s in self.states)
+
+    @property
+    def all_done(self) -> bool:
+        """Every image present and every removal asked for (--remove-unlisted) done."""
+        return self.ok and not self.not_removed
 
     @property
     def missing(self) -> list[ImageState]:
@@ -113,4 +119,5 @@ class PrewarmSummary:
             lines.append(f"  {s.state:<8} {s.image}{optional}: {s.message or s.reason}")
         lines += [f"  unpinned {name}" for name in self.unpinned]
         lines += [f"  removed  {name}" for name in self.removed]
+        lines += [f"  NOT removed {name}: {why}" for name, why in self.not_removed]
         return "\n".join(lines)
