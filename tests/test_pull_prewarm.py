@@ -69,13 +69,13 @@ async def test_wrong_bytes_fail_the_prewarm_naming_image_and_digest(fresh_regist
     ours = {layer.digest for layer in image.layers} | {image.config_digest}
     our_files = {d.partition(":")[2] for d in ours}
 
-    def any_left() -> bool:
+    def all_gone() -> bool:
         # containerd's GC drops the content records first and deletes the files in a
         # second step after its metadata transaction, so both are awaited.
-        return bool(ours & set(labels_of(containerd, "content"))
+        return not (ours & set(labels_of(containerd, "content"))
                     or our_files & set(blob_files(containerd)))
 
-    wait_until(lambda: not any_left(), 10)
+    wait_until(all_gone, 10)
     assert not ours & set(labels_of(containerd, "content"))
     assert not our_files & set(blob_files(containerd))
     assert staged_files(containerd) == []
