@@ -182,6 +182,28 @@ def test_waiter_outlasts_throttling_beyond_botocore_retries(
     assert proxy.state.failed.count("DescribeSnapshots") == 5
 
 
+def test_an_unparsable_answer_to_a_read_is_asked_again(
+        aws: AwsClients, proxy: AwsProxy, direct: dict, volume_id: str) -> None:
+    # botocore does not retry an answer it cannot parse (an empty 200 body); reads do
+    proxy.fail("DescribeVolumes", 2, status=200, body=b"")
+    req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None,
+                                 poll_s=0.02)
+    assert workflow.create(aws, req).state == "completed"
+    assert len(proxy.requests_for("DescribeVolumes")) == 3
+    assert len(ours(direct, volume_id)) == 1
+
+
+def test_an_answer_that_stays_unparsable_is_one_line_naming_the_call(
+        aws: AwsClients, proxy: AwsProxy, volume_id: str) -> None:
+    proxy.fail("DescribeVolumes", 100, status=200, body=b"")
+    req = workflow.CreateRequest(volume_id=volume_id, metadata=metadata(), freeze_path=None)
+    with pytest.raises(AwsError, match=rf"DescribeVolumes {volume_id}: unexpected failure "
+                                       r"or answer \(ResponseParserError"):
+        workflow.create(aws, req)
+    assert len(proxy.requests_for("DescribeVolumes")) == 3
+    assert "CreateSnapshot" not in proxy.actions()
+
+
 def test_throttled_create_snapshot_gives_up_and_thaws(
         aws: AwsClients, proxy: AwsProxy, direct: dict, volume_id: str,
         xfs: LoopMount) -> None:

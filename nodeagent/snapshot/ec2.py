@@ -34,6 +34,7 @@ from nodeagent.snapshot.aws_errors import (
     error_code,
     is_transient,
 )
+from nodeagent.snapshot.aws_reads import RereadingClient
 from nodeagent.snapshot.retention import SnapshotInfo
 
 __all__ = ["AwsClients", "AwsError", "AwsOptions", "SnapshotFailed", "aws_call"]
@@ -121,8 +122,8 @@ class AwsClients:
                 read_timeout=timeout_s or self.options.read_timeout_s,
                 user_agent_extra=f"nodeagent/{__version__}",
             )
-            return self.session.client(service, config=config,
-                                       endpoint_url=self.options.endpoint_url)
+            return RereadingClient(self.session.client(
+                service, config=config, endpoint_url=self.options.endpoint_url))
 
     @property
     def ec2(self) -> Any:

@@ -78,6 +78,7 @@ class Failure:
     remaining: int
     status: int
     code: str
+    body: bytes | None = None  # sent as is instead of an error in the service's shape
 
 
 @dataclass
@@ -131,7 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST
 
     def _error(self, failure: Failure, json_protocol: bool) -> None:
-        if json_protocol:
+        if failure.body is not None:
+            self._send(failure.status, {"Content-Type": "text/xml"}, failure.body)
+        elif json_protocol:
             payload = json.dumps({"__type": failure.code, "message": "Rate exceeded"}).encode()
             self._send(failure.status, {"Content-Type": "application/x-amz-json-1.1"}, payload)
         else:
@@ -178,9 +181,11 @@ class AwsProxy:
         return self._server.state
 
     def fail(self, action: str, times: int, status: int = 503,
-             code: str = "RequestLimitExceeded") -> None:
+             code: str = "RequestLimitExceeded", body: bytes | None = None) -> None:
+        """Answer the next ``times`` requests of ``action`` with an error (or, given
+        ``body``, with that body as is: ``status=200, body=b""`` is a lost answer)."""
         with self.state.lock:
-            self.state.failures.append(Failure(action, times, status, code))
+            self.state.failures.append(Failure(action, times, status, code, body))
 
     def respond(self, action: str, status: int, body: bytes) -> None:
         with self.state.lock:
