@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodeagent.api.documents import read_documents
 from nodeagent.api.group import HOTIMAGESET
+from nodeagent.api.loading import load_sets, parse_set
 from nodeagent.api.selector import LabelSelector, check_label_selector
-from nodeagent.api.validation import Checker, InvalidObjects, Problem, show_value
+from nodeagent.api.validation import Checker, InvalidObjects, show_value
 from nodeagent.registry.platform import normalize_platform
 from nodeagent.registry.reference import ImageReference, ReferenceError, parse_reference
 
@@ -88,33 +88,14 @@ def load_hotimagesets(paths: Iterable[Path]) -> list[HotImageSet]:
 
     Set names must be unique across all of them; every problem is reported together.
     """
-    problems: list[Problem] = []
-    sets: list[HotImageSet] = []
-    seen: dict[str, str] = {}
-    for source, index, doc in read_documents(paths, HOTIMAGESET, problems):
-        checker = HotImageSetChecker(source, index)
-        result = checker.hotimageset(doc)
-        name = checker.name
-        if name is not None and name in seen:
-            checker.report("metadata.name", f'duplicate HotImageSet name "{name}" (already '
-                           f"defined in {seen[name]}); set names must be unique")
-        elif name is not None:
-            seen[name] = f"{source} document {index}"
-        problems.extend(checker.problems)
-        if result is not None and not checker.problems:
-            sets.append(result)
-    if problems:
-        raise HotListError(problems)
-    return sets
+    return load_sets(paths, HOTIMAGESET, HotImageSetChecker,
+                     HotImageSetChecker.hotimageset, HotListError)
 
 
 def parse_hotimageset(obj: Any, source: str) -> HotImageSet:
     """Validate one HotImageSet object (from a file or the API server)."""
-    checker = HotImageSetChecker(source, None)
-    result = checker.hotimageset(obj)
-    if checker.problems or result is None:
-        raise HotListError(checker.problems)
-    return result
+    return parse_set(obj, source, HotImageSetChecker,
+                     HotImageSetChecker.hotimageset, HotListError)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodeagent.api.documents import read_documents
 from nodeagent.api.group import HOTMODELSET
+from nodeagent.api.loading import load_sets, parse_set
 from nodeagent.api.model_source import SOURCE_FORMS, source_problem
 from nodeagent.api.selector import LabelSelector, check_label_selector
-from nodeagent.api.validation import Checker, InvalidObjects, Problem, show_value
+from nodeagent.api.validation import Checker, InvalidObjects, show_value
 
 _SPEC_FIELDS = ("models", "nodeSelector")
 _MODEL_FIELDS = ("name", "source", "priority", "required")
@@ -66,33 +66,14 @@ def load_hotmodelsets(paths: Iterable[Path]) -> list[HotModelSet]:
 
     Set names must be unique across all of them; every problem is reported together.
     """
-    problems: list[Problem] = []
-    sets: list[HotModelSet] = []
-    seen: dict[str, str] = {}
-    for source, index, doc in read_documents(paths, HOTMODELSET, problems):
-        checker = HotModelSetChecker(source, index)
-        result = checker.hotmodelset(doc)
-        name = checker.name
-        if name is not None and name in seen:
-            checker.report("metadata.name", f'duplicate HotModelSet name "{name}" (already '
-                           f"defined in {seen[name]}); set names must be unique")
-        elif name is not None:
-            seen[name] = f"{source} document {index}"
-        problems.extend(checker.problems)
-        if result is not None and not checker.problems:
-            sets.append(result)
-    if problems:
-        raise ModelListError(problems)
-    return sets
+    return load_sets(paths, HOTMODELSET, HotModelSetChecker,
+                     HotModelSetChecker.hotmodelset, ModelListError)
 
 
 def parse_hotmodelset(obj: Any, source: str) -> HotModelSet:
     """Validate one HotModelSet object (from a file or the API server)."""
-    checker = HotModelSetChecker(source, None)
-    result = checker.hotmodelset(obj)
-    if checker.problems or result is None:
-        raise ModelListError(checker.problems)
-    return result
+    return parse_set(obj, source, HotModelSetChecker,
+                     HotModelSetChecker.hotmodelset, ModelListError)
 
 
 class HotModelSetChecker(Checker):
