@@ -33,7 +33,7 @@ from support.disks_image import (
     read_file,
     writable_copy,
 )
-from support.disks_vm import GIB, REPO, Disk, blank_disk, build_zipapp
+from support.disks_vm import BOOT_TIMEOUT_S, GIB, REPO, Disk, blank_disk, build_zipapp
 
 pytestmark = pytest.mark.vm
 
@@ -95,8 +95,13 @@ def boot(root: Path, disks: list[Disk], phase: str, tmp_path: Path) -> dict:
         cmd += disk.qemu(i).split()
     log = tmp_path / f"console-{phase}.log"
     with open(log, "w") as out:
-        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                       timeout=1500)
+        try:
+            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=BOOT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"boot '{phase}' still running after {BOOT_TIMEOUT_S} s "
+                                 "(killed); console:\n"
+                                 + log.read_text(errors="replace")[-6000:]) from None
     text = read_file(root, f"/var/lib/nodeagent-test/{phase}.json")
     if not text.strip():
         raise AssertionError(f"boot '{phase}' recorded nothing; console:\n"
@@ -112,6 +117,7 @@ def started_after(units: dict, later: str, earlier: str) -> bool:
     return ready > 0 and start >= ready
 
 
+@pytest.mark.timeout(3 * BOOT_TIMEOUT_S + 300)  # three boots; the suite's 900 s is one
 def test_vm_systemd_boot_integration(tmp_path):
     root = writable_copy(base_image(), tmp_path / "root.img")
     install(root, tmp_path)

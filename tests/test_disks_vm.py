@@ -1,7 +1,8 @@
 """`nodeagent disks setup` on real emulated NVMe disks in a QEMU VM (TCG), with the real
 kernel md driver, mdadm, mkfs.xfs/ext4, udev and mount.
 
-Boots are grouped to keep the suite short (each TCG boot costs ~35-60 s):
+Boots are grouped to keep the suite short (each TCG boot with its scenario costs ~150 s
+on the 2-core CI machine):
 - test_vm_raid0_lifecycle: 3 boots of one node (EBS stand-in + 4 x 4 GiB instance store):
   fresh setup with data moved into the binds and a no-op re-run; reboot with the same disks
   (array re-assembled and mounted, not reformatted, data intact); EC2 stop/start (same
@@ -22,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.disks_vm import GIB, Disk, blank_disk, run_vm, workdir
+from support.disks_vm import BOOT_TIMEOUT_S, GIB, Disk, blank_disk, run_vm, workdir
 
 pytestmark = pytest.mark.vm
 
@@ -63,6 +64,7 @@ def check_converged_rerun(r: dict) -> dict:
     return rerun
 
 
+@pytest.mark.timeout(3 * BOOT_TIMEOUT_S + 300)  # three boots; the suite's 900 s is one
 def test_vm_raid0_lifecycle(tmp_path):
     ebs = blank_disk(tmp_path, "EBSROOT", GIB)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(ebs.path)], check=True)

@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -26,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 DRIVER = Path(__file__).with_name("disks_vm_driver.py")
 GIB = 1 << 30
+# One TCG boot with its scenario took ~150 s on the 2-core CI machine when idle and over
+# 300 s when the machine was slow; a boot past this is taken as hung.
+BOOT_TIMEOUT_S = 600
 
 
 def kernel() -> str:
@@ -91,7 +95,7 @@ class VmRun:
 
 
 def run_vm(disks: list[Disk], scenario: str, work: Path, args: dict | None = None,
-           timeout: float = 1200, memory: str = "1G") -> VmRun:
+           timeout: float = BOOT_TIMEOUT_S, memory: str = "1G") -> VmRun:
     """Boot, run `disks_vm_driver.py scenario` with args, power off; return its results."""
     require_vm_tools()
     (work / f"{scenario}.args.json").write_text(json.dumps(args or {}))
@@ -105,14 +109,25 @@ def run_vm(disks: list[Disk], scenario: str, work: Path, args: dict | None = Non
            "--memory", memory, f"--qemu-opts={qemu_opts}", "--exec", exec_cmd]
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=work, stdin=subprocess.DEVNULL)
+    # vng runs QEMU as a grandchild: its own session, so a timeout kills the whole group
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=work, stdin=subprocess.DEVNULL,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # show where the scenario stood
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(
+                f"VM scenario {scenario} still running after {timeout:.0f} s (killed).\n"
+                f"--- driver log ---\n{_read(work / f'{scenario}.log')[-6000:]}\n"
+                f"--- vng ---\n{(stdout + stderr)[-4000:]}") from None
     seconds = time.monotonic() - start
     log_text = _read(work / f"{scenario}.log")
     if not result_file.exists():
         raise AssertionError(f"VM scenario {scenario} wrote no results (vng exit "
                              f"{proc.returncode}).\n--- driver log ---\n{log_text[-6000:]}\n"
-                             f"--- vng ---\n{(proc.stdout + proc.stderr)[-4000:]}")
+                             f"--- vng ---\n{(stdout + stderr)[-4000:]}")
     results = json.loads(result_file.read_text())
     results["_seconds"] = round(seconds, 1)
     return VmRun(results, log_text, seconds)
