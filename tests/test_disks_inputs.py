@@ -211,3 +211,37 @@ def test_plan_help_states_its_exit_codes(capsys):
         main(["disks", "plan", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "exit 3 when setup would refuse" in text
+
+
+# ------------------------------------------------------------------ symlinks on the way
+
+
+@pytest.mark.parametrize("flag, path, link, to", [
+    ("--bind", "/var/lib/containerd", "/var/lib", "/data/lib"),  # a default bind's parent
+    ("--mount-path", "/mnt/k8s-disks", "/mnt", "/data/mnt"),
+    ("--mount-path", "/mnt/k8s-disks", "/mnt/k8s-disks", "../data/disks"),  # itself
+])
+def test_a_symlink_on_the_way_to_a_mount_is_refused(cli, node, flag, path, link, to):
+    # the kernel records mounts under the real path: a re-run would not find its own
+    # mounts and would mount again on top
+    node.mkdir("/data/lib/containerd", {"meta.db": b"x"})
+    node.mkdir("/data/mnt")
+    node.mkdir("/data/disks")
+    real = node.root / link.lstrip("/")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    real.symlink_to(to)
+    code, out, _ = cli("plan")
+    assert code == REFUSED
+    assert f"{flag} {path}: {link} is a symlink (to {to})" in out
+    assert "give the path without symlinks" in out
+    code, _, err = cli("setup")
+    assert code == REFUSED and "disks setup refused, nothing changed" in err
+    assert (node.root / "data/lib/containerd/meta.db").read_bytes() == b"x"
+    assert not list((node.root / "data/mnt").iterdir())
+
+
+def test_a_symlink_elsewhere_on_the_node_is_no_concern(cli, node):
+    (node.root / "var").mkdir(exist_ok=True)
+    (node.root / "var/run").symlink_to("../run")  # as on most distributions
+    code, out, _ = cli("plan")
+    assert code == 0 and "symlink" not in out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from nodeagent.disks import signatures
 from nodeagent.disks.host import Host
@@ -41,6 +41,9 @@ def gather(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None
     facts.dirs.update({b: _dir_state(host, b, facts) for b in binds})
     facts.volume_dirs.update(_volume_dirs(host, opts, binds))
     facts.units.update(_read_units(host, Path(opts.units_dir)))
+    linked = {opts.mount_path: first_symlink(host, opts.mount_path, include_self=True),
+              **{b: first_symlink(host, b, include_self=False) for b in binds}}
+    facts.symlinked.update({path: link for path, link in linked.items() if link})
     moving = [b for b, st in facts.dirs.items() if st.mount is None]
     owners = sorted({s for b in moving for s in opts.owners(b)})
     facts.services_running.update(running_services(host, owners, facts.systemd))
@@ -104,6 +107,21 @@ def _dir_state(host: Host, path: str, facts: Facts) -> DirState:
     p = host.path(path)
     return DirState(path=path, exists=p.exists(), is_dir=p.is_dir(), is_symlink=p.is_symlink(),
                     mount=facts.mount_at(path))
+
+
+def first_symlink(host: Host, path: str, include_self: bool) -> tuple[str, str] | None:
+    """The first component of host path ``path`` that is a symlink, and the link's text
+    (not followed: the host's absolute links would point outside ``host.root``)."""
+    parts = PurePosixPath(path).parts[1:]
+    current = PurePosixPath("/")
+    for part in parts if include_self else parts[:-1]:
+        current /= part
+        seen = host.path(current)
+        if seen.is_symlink():
+            return str(current), os.readlink(seen)
+        if not seen.exists():
+            return None  # nothing below a missing directory exists yet
+    return None
 
 
 def _volume_dirs(host: Host, opts: Options, binds: tuple[str, ...]) -> dict[str, bool]:

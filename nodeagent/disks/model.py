@@ -120,6 +120,9 @@ class Facts:
     dirs: dict[str, DirState] = field(default_factory=dict)  # bind dirs, by path
     volume_dirs: dict[str, bool] = field(default_factory=dict)  # target path -> complete
     units: dict[str, str] = field(default_factory=dict)  # unit file name -> current text
+    # a --mount-path or --bind path -> (its first component that is a symlink, the link's
+    # text); the mount path counts itself, a bind dir itself is DirState.is_symlink
+    symlinked: dict[str, tuple[str, str]] = field(default_factory=dict)
     services_running: dict[str, bool] = field(default_factory=dict)
     systemd: bool = False  # a running systemd manages the host
     os_id: str = ""  # /etc/os-release ID of the host

@@ -34,6 +34,9 @@ def make_plan(facts: Facts, opts: Options) -> Plan:
         return plan
     if facts.os_id == "bottlerocket":
         return _bottlerocket_plan(facts, opts, plan)
+    _refuse_symlinked_paths(facts, opts, plan)
+    if plan.refusals:
+        return plan
     candidates = classify_disks(facts, opts, plan)
     if plan.refusals:
         return plan
@@ -53,6 +56,22 @@ def make_plan(facts: Facts, opts: Options) -> Plan:
     _plan_services(facts, opts, plan)
     plan.steps.sort(key=lambda s: s.order)
     return plan
+
+
+def _refuse_symlinked_paths(facts: Facts, opts: Options, plan: Plan) -> None:
+    """A symlink on the way to the mount path or a bind dir is refused: the kernel
+    records mounts under the real path, so a re-run could not recognise its own mounts,
+    and the mount units would be named after a path systemd does not mount."""
+    named = [("--mount-path", opts.mount_path)]
+    if opts.strategy != "mount":
+        named += [("--bind", b) for b in facts.dirs]
+    for flag, path in named:
+        if path in facts.symlinked:
+            link, target = facts.symlinked[path]
+            plan.refusals.append(
+                f"{flag} {path}: {link} is a symlink (to {target}); mounts are recorded "
+                "under the real path, so setup could not recognise them on a re-run: "
+                "give the path without symlinks")
 
 
 # ------------------------------------------------------------------ mounts, binds, units
