@@ -41,8 +41,8 @@ def gather(host: Host, opts: Options, blkid: signatures.BlkidProbe | None = None
     facts.dirs.update({b: _dir_state(host, b, facts) for b in binds})
     facts.volume_dirs.update(_volume_dirs(host, opts, binds))
     facts.units.update(_read_units(host, Path(opts.units_dir)))
-    linked = {opts.mount_path: first_symlink(host, opts.mount_path, include_self=True),
-              **{b: first_symlink(host, b, include_self=False) for b in binds}}
+    linked = {opts.mount_path: _first_symlink(host, opts.mount_path, include_self=True),
+              **{b: _first_symlink(host, b, include_self=False) for b in binds}}
     facts.symlinked.update({path: link for path, link in linked.items() if link})
     moving = [b for b, st in facts.dirs.items() if st.mount is None]
     owners = sorted({s for b in moving for s in opts.owners(b)})
@@ -109,7 +109,7 @@ def _dir_state(host: Host, path: str, facts: Facts) -> DirState:
                     mount=facts.mount_at(path))
 
 
-def first_symlink(host: Host, path: str, include_self: bool) -> tuple[str, str] | None:
+def _first_symlink(host: Host, path: str, include_self: bool) -> tuple[str, str] | None:
     """The first component of host path ``path`` that is a symlink, and the link's text
     (not followed: the host's absolute links would point outside ``host.root``)."""
     parts = PurePosixPath(path).parts[1:]
